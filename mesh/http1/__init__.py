@@ -1,0 +1,1 @@
+"""HTTP/1.1 on asyncio protocols: message types, strict parsing, serialisation, connections."""

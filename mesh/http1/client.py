@@ -1,0 +1,299 @@
+"""The upstream side: one asyncio protocol per pooled connection to an endpoint.
+
+`exchange()` writes a request and returns once the response head has arrived; the body then
+streams through a `Body` whose flow control pauses this connection. The connection returns to
+its pool by itself when both the request and the response are complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import httptools
+
+from mesh.errors import MeshError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
+from mesh.http1.body import Body
+from mesh.http1.message import Request, Response, bodyless_status, serialize_headers
+
+if TYPE_CHECKING:
+    from mesh.http1.pool import EndpointPool
+
+log = logging.getLogger("mesh.http1.client")
+
+_DROP_RESPONSE = frozenset(
+    {b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
+)
+
+
+class _HeadResponseDone(Exception):
+    """Stops the parser after a response to HEAD: it has no body whatever its headers say."""
+
+
+def request_head(request: Request) -> bytes:
+    """Serialise a request head for the upstream, framing re-derived from our own parse."""
+    lines = [
+        request.method + b" " + request.target + b" HTTP/1.1\r\nhost: " + request.authority + b"\r\n"
+    ]
+    if request.headers:
+        lines.append(serialize_headers(request.headers))
+    if request.content_length is not None:
+        lines.append(b"content-length: %d\r\n" % request.content_length)
+    elif request.body is not None:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _expire(waiter: asyncio.Future[Response], what: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout(what))
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """HTTP/1.1 client side of one connection to one endpoint."""
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.busy = False
+        self.idle_since = 0.0
+        self.requests = 0
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Response] | None = None
+        self._body: Body | None = None
+        self._close_delimited = False
+        self._head_request = False
+        self._request_done = True
+        self._response_done = True
+        self._keep_alive = True
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._received_any = False
+        self._reset_head()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "busy" if self.busy else "idle"
+        return f"<UpstreamConnection {self.pool.label} {state} requests={self.requests}>"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(UpstreamReset("upstream closed the connection before a response"))
+        body = self._body
+        if body is not None:
+            self._body = None
+            if self._close_delimited and exc is None:
+                body.finish()
+            else:
+                body.fail(UpstreamReset("upstream closed the connection mid-body"))
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+        self._wake_drain()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self.closed = True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the exchange -------------------------------------------------------------------------
+    async def exchange(self, head: bytes, request: Request, deadline: float | None) -> Response:
+        transport = self.transport
+        assert transport is not None and not self.busy
+        self.busy = True
+        self.requests += 1
+        self._head_request = request.method == b"HEAD"
+        self._response_done = False
+        self._received_any = False
+        waiter: asyncio.Future[Response] = self.loop.create_future()
+        self._waiter = waiter
+        body = request.body
+        if body is None:
+            self._request_done = True
+            transport.write(head)
+        elif body.at_eof:
+            self._request_done = True
+            data = body.take_all()
+            if request.content_length is None:
+                data = (b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)) if data else b"0\r\n\r\n"
+            transport.write(head + data)
+        else:
+            self._request_done = False
+            transport.write(head)
+            self._pump = asyncio.ensure_future(self._send_body(body, request.content_length))
+        timer = None if deadline is None else self.loop.call_at(deadline, _expire, waiter, "")
+        try:
+            return await waiter
+        except BaseException:
+            # Whatever ended the wait (timeout, cancellation), this connection's state is
+            # unknown: a late response must never reach another request.
+            self.abort()
+            raise
+        finally:
+            # The connection may already serve the next exchange (released on completion).
+            if self._waiter is waiter:
+                self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _send_body(self, body: Body, length: int | None) -> None:
+        transport = self.transport
+        assert transport is not None
+        chunked = length is None
+        try:
+            while data := await body.read():
+                if self.closed:
+                    return
+                transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                if self._write_paused:
+                    self._drain_waiter = self.loop.create_future()
+                    await self._drain_waiter
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+        except MeshError as exc:
+            log.debug("request body failed: %s", exc.detail)
+            self.abort()
+            return
+        except ConnectionAbortedError:
+            self.abort()
+            return
+        self._request_done = True
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self._request_done and self._response_done and self.busy:
+            self.busy = False
+            self._pump = None
+            if self._keep_alive and not self.closed:
+                self.idle_since = self.loop.time()
+                self.pool.release(self)
+            else:
+                self.abort()
+
+    # -- parsing (protocol callbacks) ---------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            log.warning("%s sent %d bytes with no request outstanding", self.pool.label, len(data))
+            self.pool.protocol_errors += 1
+            self.abort()
+            return
+        self._received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._head_request and self._response_done:
+                self._parser = httptools.HttpResponseParser(self)
+                return
+            self._protocol_error("invalid response")
+        except httptools.HttpParserError as exc:
+            self._protocol_error(str(exc))
+
+    def _protocol_error(self, what: str) -> None:
+        self.pool.protocol_errors += 1
+        error = UpstreamProtocolError(f"upstream sent a malformed response: {what}")
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if self._body is not None:
+            self._body.fail(error)
+            self._body = None
+        self.abort()
+
+    def _reset_head(self) -> None:
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._cl: int | None = None
+        self._chunked = False
+        self._conn_tokens: list[bytes] = []
+
+    def on_message_begin(self) -> None:
+        self._reset_head()
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length":
+            self._cl = int(value)
+        elif name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise ValueError("unsupported transfer-encoding in response")
+            self._chunked = True
+        elif name == b"connection":
+            self._conn_tokens.extend(t.strip().lower() for t in value.split(b","))
+        elif name not in _DROP_RESPONSE:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status: int = self._parser.get_status_code()
+        if status < 200:
+            return  # interim (100 Continue, 103): not forwarded
+        self._keep_alive = self._parser.should_keep_alive()
+        headers = self._headers
+        listed = {t for t in self._conn_tokens if t not in (b"close", b"keep-alive")}
+        if listed:
+            headers = [(n, v) for n, v in headers if n not in listed]
+        no_body = self._head_request or bodyless_status(status)
+        body: Body | None = None
+        self._close_delimited = False
+        if not no_body and (self._chunked or self._cl is None or self._cl > 0):
+            transport = self.transport
+            assert transport is not None
+            body = Body(transport.pause_reading, transport.resume_reading, abort=self.abort)
+            self._close_delimited = not self._chunked and self._cl is None
+            if self._close_delimited:
+                self._keep_alive = False
+        self._body = body
+        length = self._cl if not self._chunked else None
+        if self._head_request and self._chunked:
+            length = None
+        response = Response(status, headers, body, length, self._reason)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+        elif body is not None:
+            body.abandon()  # nobody waits any more (timed out): drop it
+        if self._head_request:
+            self._finish_response()
+            raise _HeadResponseDone
+
+    def on_body(self, data: bytes) -> None:
+        body = self._body
+        if body is not None:
+            body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200:
+            return
+        self._finish_response()
+
+    def _finish_response(self) -> None:
+        body = self._body
+        if body is not None:
+            self._body = None
+            body.finish()
+        self._response_done = True
+        self._maybe_release()

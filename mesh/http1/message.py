@@ -1,0 +1,170 @@
+"""Request and response as the layers see them, and their HTTP/1.1 serialisation.
+
+Header names are lower-case bytes; `headers` holds only end-to-end headers: framing
+(Content-Length, Transfer-Encoding), Host and hop-by-hop headers are parsed into fields and
+written back by the serialiser, so no layer can forward a smuggling-shaped head by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mesh.http1.body import Body
+
+Headers = list[tuple[bytes, bytes]]
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy-only ones; never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+_REASONS = {
+    100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content",
+    206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+    508: b"Loop Detected",
+}  # fmt: skip
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+class Request:
+    """One request on its way through the layers."""
+
+    __slots__ = (
+        "attempts",
+        "authority",
+        "body",
+        "client_addr",
+        "content_length",
+        "deadline",
+        "endpoint",
+        "forwarded_for",
+        "headers",
+        "keep_alive",
+        "method",
+        "on_complete",
+        "path",
+        "received_at",
+        "request_id",
+        "scheme",
+        "service",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        *,
+        authority: bytes = b"",
+        body: Body | None = None,
+        content_length: int | None = None,
+        version: bytes = b"1.1",
+        keep_alive: bool = True,
+        client_addr: str = "",
+        scheme: bytes = b"http",
+        received_at: float = 0.0,
+    ) -> None:
+        self.method = method
+        #: Origin-form target (path and query) as forwarded upstream.
+        self.target = target
+        self.path = target.split(b"?", 1)[0]
+        self.headers = headers
+        #: host[:port] the client addressed (absolute-form URI wins over Host).
+        self.authority = authority
+        #: None: no body. Otherwise the body, with `content_length` None meaning chunked.
+        self.body = body
+        self.content_length = content_length
+        self.version = version
+        self.keep_alive = keep_alive
+        self.client_addr = client_addr
+        self.scheme = scheme
+        self.received_at = received_at
+        self.forwarded_for: bytes | None = None
+        self.request_id: bytes = b""
+        #: Absolute loop time by which the whole exchange must finish (None: no deadline).
+        self.deadline: float | None = None
+        #: Logical destination (mesh service) once routed, and the endpoint once balanced.
+        self.service: str = ""
+        self.endpoint: Any = None
+        self.attempts = 0
+        #: Callbacks run once the response has been fully written or aborted.
+        self.on_complete: list[Callable[[Request, Response | None, int, str], None]] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def add_completion(self, callback: Callable[[Request, Response | None, int, str], None]) -> None:
+        if self.on_complete is None:
+            self.on_complete = [callback]
+        else:
+            self.on_complete.append(callback)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method.decode()} {self.authority.decode()}{self.target.decode()}>"
+
+
+class Response:
+    """A response head plus its body; `content_length` None with a body means "streamed"."""
+
+    __slots__ = ("body", "content_length", "error_reason", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers,
+        body: Body | None = None,
+        content_length: int | None = None,
+        reason: bytes = b"",
+        error_reason: str = "",
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.content_length = content_length
+        self.reason = reason or reason_phrase(status)
+        #: Set when the proxy made this response itself (the `x-mesh-error` word).
+        self.error_reason = error_reason
+
+    @classmethod
+    def local(cls, status: int, text: bytes, headers: Headers | None = None) -> Response:
+        """A response made by the proxy with a small complete body."""
+        return cls(status, headers or [], Body.complete(text), len(text))
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+def bodyless_status(status: int) -> bool:
+    return status < 200 or status == 204 or status == 304
+
+
+def serialize_headers(headers: Headers) -> bytes:
+    if not headers:
+        return b""
+    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])

@@ -1,0 +1,118 @@
+"""Keep-alive connections to one endpoint, reused last-in first-out.
+
+LIFO keeps a few connections hot and lets the rest age out; idle ones older than the
+policy's idle timeout are closed lazily on the next release, so the pool needs no timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from mesh.errors import UpstreamConnectFailed
+from mesh.http1.client import UpstreamConnection
+from mesh.policy import PoolPolicy
+
+
+class EndpointPool:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        policy: PoolPolicy,
+        connect_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.label = f"{host}:{port}"
+        self.policy = policy
+        self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+        self._idle: list[UpstreamConnection] = []
+        self._all: set[UpstreamConnection] = set()
+        self.connecting = 0
+        self.opened = 0
+        self.connect_failures = 0
+        self.protocol_errors = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<EndpointPool {self.label} idle={len(self._idle)} "
+            f"busy={len(self._all) - len(self._idle)} connecting={self.connecting}>"
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "idle": len(self._idle),
+            "busy": len(self._all) - len(self._idle),
+            "connecting": self.connecting,
+            "opened": self.opened,
+            "connect_failures": self.connect_failures,
+            "protocol_errors": self.protocol_errors,
+        }
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A connection ready for one exchange, and whether it was reused from the pool."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn, True
+        return await self._connect(), False
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        self.connecting += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl_context,
+                    server_hostname=self.server_hostname if self.ssl_context else None,
+                )
+        except TimeoutError:
+            self.connect_failures += 1
+            raise UpstreamConnectFailed(
+                f"connect to {self.label} timed out after {self.connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            self.connect_failures += 1
+            raise UpstreamConnectFailed(
+                f"connect to {self.label} failed: {exc.strerror or exc}"
+            ) from None
+        finally:
+            self.connecting -= 1
+        self.opened += 1
+        self._all.add(conn)
+        if self.closed:
+            conn.abort()
+            raise UpstreamConnectFailed(f"endpoint {self.label} was removed")
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.closed or len(self._idle) >= self.policy.max_idle:
+            conn.abort()
+            return
+        idle = self._idle
+        if idle and conn.idle_since - idle[0].idle_since > self.policy.idle_timeout:
+            idle.pop(0).abort()
+        idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        """Stop pooling: idle connections close now, busy ones when their exchange ends."""
+        self.closed = True
+        for conn in self._idle:
+            conn.abort()
+        self._idle.clear()

@@ -1,0 +1,576 @@
+"""The downstream side: one asyncio protocol per client connection.
+
+Parsing runs in protocol callbacks; one task per connection (not per request) takes parsed
+requests in order, passes each through the handler stack and writes the response, streaming
+the body with the transport's flow control. Timeouts are enforced by the tracker's sweep, so
+a request costs no timer of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from mesh.errors import BadRequest, HeadersTooLarge, MeshError, RequestTimeout
+from mesh.http1.body import Body
+from mesh.http1.message import Request, Response, bodyless_status, serialize_headers
+from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
+from mesh.policy import HttpLimits
+from mesh.respond import error_response
+
+if TYPE_CHECKING:
+    from mesh.stack import Handler
+
+log = logging.getLogger("mesh.http1.server")
+
+
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+# What the head parser does with a header, by lower-case name; None means "end-to-end".
+_DROP, _HOST, _CL, _TE, _CONN, _XFF, _RID, _EXPECT = range(8)
+_SPECIAL: dict[bytes, int] = {
+    b"host": _HOST,
+    b"content-length": _CL,
+    b"transfer-encoding": _TE,
+    b"connection": _CONN,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"upgrade": _DROP,
+    b"proxy-authorization": _DROP,
+    b"proxy-authenticate": _DROP,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _DROP,
+    b"x-request-id": _RID,
+    b"expect": _EXPECT,
+}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+IDLE, HEAD, BODY = 0, 1, 2
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to abandon parsing with a MeshError."""
+
+
+class ConnectionTracker:
+    """Every connection of one listener: the connection limit, timeout sweeps and drain."""
+
+    def __init__(self, limits: HttpLimits, name: str = "") -> None:
+        self.limits = limits
+        self.name = name
+        self.connections: set[ServerConnection] = set()
+        self.draining = False
+        self.accepted = 0
+        self.refused = 0
+        self._empty: asyncio.Event | None = None
+
+    def statistics(self) -> dict[str, int | bool]:
+        active = sum(1 for c in self.connections if c.busy)
+        return {
+            "open": len(self.connections),
+            "active": active,
+            "idle": len(self.connections) - active,
+            "accepted": self.accepted,
+            "refused_over_limit": self.refused,
+            "draining": self.draining,
+        }
+
+    def add(self, conn: ServerConnection) -> bool:
+        if len(self.connections) >= self.limits.max_connections or self.draining:
+            self.refused += 1
+            return False
+        self.accepted += 1
+        self.connections.add(conn)
+        return True
+
+    def discard(self, conn: ServerConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._empty is not None:
+            self._empty.set()
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+
+    async def sweep_forever(self, interval: float = 0.25) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep(loop.time())
+
+    def start_drain(self) -> None:
+        """No new requests on idle connections; active ones end with `Connection: close`."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def wait_empty(self) -> None:
+        if not self.connections:
+            return
+        self._empty = asyncio.Event()
+        await self._empty.wait()
+
+    def abort_all(self) -> int:
+        conns = list(self.connections)
+        for conn in conns:
+            conn.abort("drain deadline passed")
+        return len(conns)
+
+
+class ServerConnection(asyncio.Protocol):
+    """HTTP/1.1 server side of one client connection."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        tracker: ConnectionTracker,
+        spawn: Spawn,
+        scheme: bytes = b"http",
+    ) -> None:
+        self.handler = handler
+        self.tracker = tracker
+        self.limits = tracker.limits
+        self._spawn = spawn
+        self.scheme = scheme
+        self.loop = asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.closed = False
+        self.busy = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Request | MeshError] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._stop_error: MeshError | None = None
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_stalled_since = 0.0
+        self._phase = IDLE
+        self._phase_since = 0.0
+        self._head_bytes = 0
+        self._parsing_body: Body | None = None
+        self._body_progress = 0.0
+        self._reset_head()
+
+    # -- connection lifecycle -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        if not self.tracker.add(self):
+            self.closed = True
+            transport.abort()
+            return
+        self._phase_since = self.loop.time()
+        self._spawn(self._serve)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.tracker.discard(self)
+        body = self._parsing_body
+        if body is not None:
+            body.fail(BadRequest("client closed the connection mid-body"))
+            self._parsing_body = None
+        self._wake()
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._write_stalled_since = self.loop.time()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def drain(self) -> None:
+        if not self.busy and not self._queue and self._phase == IDLE:
+            self.close()
+        # A busy connection sees tracker.draining when its response head is written.
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self._wake()
+
+    def abort(self, why: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            log.info("aborting connection from %s: %s", self.peer, why)
+            self.transport.abort()
+        self.closed = True
+        self._wake()
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the tracker's sweep: slowloris, slow bodies, idle and unread responses."""
+        limits = self.limits
+        elapsed = now - self._phase_since
+        if self._phase == HEAD and elapsed > limits.header_timeout:
+            self._fail(RequestTimeout("request head not received in time"))
+        elif self._phase == BODY and not self._reading_paused:
+            if now - self._body_progress > limits.body_timeout:
+                self._fail(RequestTimeout("request body stalled"))
+        elif self._phase == IDLE and not self.busy and not self._queue:
+            if elapsed > limits.idle_timeout:
+                self.close()
+        if self._write_paused and now - self._write_stalled_since > limits.write_timeout:
+            self.abort("client stopped reading the response")
+
+    # -- parsing (protocol callbacks) ---------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._stop_error is not None:
+            return  # after a parse error nothing more is read
+        if self._phase != BODY:
+            self._head_bytes += len(data)
+        else:
+            self._body_progress = self.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            self._fail(self._stop_error or BadRequest("request rejected"))
+            return
+        except httptools.HttpParserUpgrade as upgrade:
+            # Upgrade was stripped (carried only where a tunnel is configured): the request
+            # goes on as plain HTTP/1.1 and parsing continues on a fresh parser.
+            self._parser = httptools.HttpRequestParser(self)
+            rest = data[upgrade.args[0] :] if upgrade.args else b""
+            if rest:
+                self.data_received(rest)
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(BadRequest(f"malformed request: {exc}"))
+            return
+        if self._phase == HEAD and self._head_bytes > self.limits.max_header_bytes:
+            self._fail(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+
+    def _fail(self, error: MeshError) -> None:
+        """Stop reading; the error is answered after the responses already due."""
+        if self._stop_error is None or self._stop_error is error:
+            self._stop_error = error
+        if self._parsing_body is not None:
+            self._parsing_body.fail(error)
+            self._parsing_body = None
+        self._phase = IDLE
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        if not self._queue or not isinstance(self._queue[-1], MeshError):
+            self._queue.append(error)
+        self._wake()
+
+    def _reset_head(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._host: bytes | None = None
+        self._cl: bytes | None = None
+        self._chunked = False
+        self._conn_tokens: list[bytes] | None = None
+        self._xff: bytes | None = None
+        self._rid: bytes | None = None
+        self._expect = False
+        self._count = 0
+
+    def _stop(self, error: MeshError) -> _Stop:
+        self._stop_error = error
+        return _Stop()
+
+    def on_message_begin(self) -> None:
+        self._reset_head()
+        if self._phase != HEAD:
+            self._phase = HEAD
+            self._phase_since = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        if self._count > self.limits.max_headers:
+            raise self._stop(HeadersTooLarge(f"more than {self.limits.max_headers} headers"))
+        name = name.lower()
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            if b"_" in name:
+                raise self._stop(BadRequest("underscore in a header name"))
+            self._headers.append((name, value))
+        elif kind == _HOST:
+            if self._host is not None:
+                raise self._stop(BadRequest("more than one Host header"))
+            self._host = value
+        elif kind == _CL:
+            self._cl = value
+        elif kind == _TE:
+            if self._chunked:
+                raise self._stop(BadRequest("repeated Transfer-Encoding"))
+            try:
+                check_transfer_encoding(value)
+            except MeshError as exc:
+                raise self._stop(exc) from None
+            self._chunked = True
+        elif kind == _CONN:
+            tokens = [t.strip().lower() for t in value.split(b",")]
+            self._conn_tokens = (self._conn_tokens or []) + tokens
+        elif kind == _XFF:
+            self._xff = value if self._xff is None else self._xff + b", " + value
+        elif kind == _RID:
+            self._rid = value
+        elif kind == _EXPECT:
+            self._expect = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        try:
+            request = self._build_request()
+        except MeshError as exc:
+            raise self._stop(exc) from None
+        self._head_bytes = 0
+        now = self.loop.time()
+        if request.body is not None:
+            self._phase = BODY
+            self._body_progress = now
+            self._parsing_body = request.body
+        else:
+            self._phase = IDLE
+        self._phase_since = now
+        self._queue.append(request)
+        if len(self._queue) > self.limits.max_pipelined and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        if self._waiter is not None:
+            self._wake()
+
+    def _build_request(self) -> Request:
+        parser = self._parser
+        version = parser.get_http_version().encode()
+        if version != b"1.1" and (version != b"1.0" or not self.limits.allow_http10):
+            raise BadRequest(f"HTTP/{version.decode()} is not supported")
+        method: bytes = parser.get_method()
+        scheme, target, authority = split_target(method, self._url)
+        host = self._host
+        if authority is None:
+            if host is None:
+                if version == b"1.1":
+                    raise BadRequest("missing Host header")
+                host = b""
+            elif not valid_authority(host):
+                raise BadRequest("malformed Host header")
+            authority = host
+        elif host is not None and not valid_authority(host):
+            raise BadRequest("malformed Host header")
+        headers = self._headers
+        keep_alive = parser.should_keep_alive()
+        tokens = self._conn_tokens
+        if tokens:
+            listed = {t for t in tokens if t not in (b"close", b"keep-alive")}
+            if listed:
+                headers = [(n, v) for n, v in headers if n not in listed]
+        content_length: int | None = None
+        body: Body | None = None
+        if self._chunked:
+            body = Body(self._pause_reading, self._resume_reading)
+        elif self._cl is not None:
+            content_length = int(self._cl)
+            if content_length:
+                body = Body(self._pause_reading, self._resume_reading)
+        request = Request(
+            method,
+            target,
+            headers,
+            authority=authority,
+            body=body,
+            content_length=content_length,
+            version=version,
+            keep_alive=keep_alive,
+            client_addr=self.peer,
+            scheme=self.scheme if scheme == b"http" else scheme,
+            received_at=self.loop.time(),
+        )
+        request.forwarded_for = self._xff
+        if self._rid is not None:
+            request.request_id = self._rid
+        if self._expect and body is not None and version == b"1.1":
+            assert self.transport is not None
+            self.transport.write(_CONTINUE)
+        return request
+
+    def on_body(self, data: bytes) -> None:
+        body = self._parsing_body
+        if body is not None:
+            body.feed(data)
+
+    def on_message_complete(self) -> None:
+        body = self._parsing_body
+        if body is not None:
+            body.finish()
+            self._parsing_body = None
+        self._phase = IDLE
+        self._phase_since = self.loop.time()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._stop_error is None and self.transport is not None:
+            if len(self._queue) <= self.limits.max_pipelined:
+                self._reading_paused = False
+                self._body_progress = self.loop.time()
+                self.transport.resume_reading()
+
+    # -- the connection task ------------------------------------------------------------------
+    async def _next(self) -> Request | MeshError | None:
+        while not self._queue:
+            if self.closed:
+                return None
+            self._waiter = self.loop.create_future()
+            await self._waiter
+        item = self._queue.popleft()
+        if self._reading_paused and self._parsing_body is None:
+            self._resume_reading()
+        return item
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                item = await self._next()
+                if item is None:
+                    return
+                if isinstance(item, MeshError):
+                    if item.status == 408 and self._nothing_started():
+                        return  # an idle keep-alive expiring is not worth a 408
+                    await self._respond(None, error_response(item), keep_alive=False)
+                    return
+                self.busy = True
+                try:
+                    response = await self.handler.handle(item)
+                except Exception as exc:  # the stack's rescue layer should have caught it
+                    response = error_response(exc)
+                keep = (
+                    item.keep_alive
+                    and not self.tracker.draining
+                    and (item.body is None or item.body.at_eof)
+                    and self._stop_error is None
+                )
+                ok = await self._respond(item, response, keep)
+                self.busy = False
+                if not (ok and keep):
+                    return
+                if self.tracker.draining and not self._queue:
+                    return
+        finally:
+            self.busy = False
+            self.close()
+
+    def _nothing_started(self) -> bool:
+        return self._head_bytes == 0 and not self._url
+
+    async def _respond(self, request: Request | None, response: Response, keep_alive: bool) -> bool:
+        """Write one response; False when the connection can no longer be used."""
+        sent = 0
+        error = ""
+        try:
+            sent, error = await self._write_response(request, response, keep_alive)
+        finally:
+            if request is not None and request.on_complete is not None:
+                for callback in request.on_complete:
+                    try:
+                        callback(request, response, sent, error)
+                    except Exception:
+                        log.exception("completion callback failed")
+        return not error
+
+    async def _write_response(
+        self, request: Request | None, response: Response, keep_alive: bool
+    ) -> tuple[int, str]:
+        transport = self.transport
+        assert transport is not None
+        status = response.status
+        head_only = bodyless_status(status) or (request is not None and request.method == b"HEAD")
+        body = response.body
+        length = response.content_length
+        version11 = request is None or request.version == b"1.1"
+        chunked = False
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason)]
+        if response.headers:
+            lines.append(serialize_headers(response.headers))
+        if length is not None:
+            if status != 204 and status >= 200:
+                lines.append(b"content-length: %d\r\n" % length)
+        elif not head_only and body is not None:
+            if version11:
+                chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                keep_alive = False  # close-delimited for an HTTP/1.0 client
+        elif not head_only:
+            lines.append(b"content-length: 0\r\n")
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        elif request is not None and request.version == b"1.0":
+            lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        if head_only or body is None:
+            if body is not None and not body.at_eof:
+                body.abandon()
+            transport.write(head)
+            return 0, ""
+        if body.at_eof and not chunked:
+            data = body.take_all()
+            transport.write(head + data)
+            sent = len(data)
+        else:
+            transport.write(head)
+            sent = await self._stream_body(body, chunked)
+            if sent < 0:
+                return -sent - 1, "response-aborted"
+        if length is not None and sent != length:
+            self.abort("response body length did not match its Content-Length")
+            return sent, "response-aborted"
+        return sent, ""
+
+    async def _stream_body(self, body: Body, chunked: bool) -> int:
+        """Copy the body downstream; returns bytes sent, or -(sent+1) when aborted."""
+        transport = self.transport
+        assert transport is not None
+        sent = 0
+        try:
+            while True:
+                data = await body.read()
+                if not data:
+                    break
+                if self.closed:
+                    body.abandon()
+                    return -sent - 1
+                sent += len(data)
+                if chunked:
+                    transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+                else:
+                    transport.write(data)
+                if self._write_paused:
+                    self._drain_waiter = self.loop.create_future()
+                    await self._drain_waiter
+        except MeshError as exc:
+            # The upstream failed mid-body: the client must see an abort, never a clean end.
+            self.abort(f"upstream body failed: {exc.detail}")
+            return -sent - 1
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        return sent

@@ -1,0 +1,1 @@
+"""Layers: each one concern of the request path, behind the `Handler` contract."""

@@ -1,0 +1,49 @@
+"""One JSON line per request, written when the response has been sent (or aborted).
+
+Header values are never logged, so Authorization and Cookie cannot leak; the query string
+is dropped from the path for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import TextIO
+
+from mesh.http1.message import Request, Response
+from mesh.stack import Handler
+
+
+class AccessLog:
+    def __init__(self, inner: Handler, direction: str, stream: TextIO | None = None) -> None:
+        self.inner = inner
+        self.direction = direction
+        self.stream = stream or sys.stdout
+        self._loop = asyncio.get_event_loop()
+
+    async def handle(self, request: Request) -> Response:
+        request.add_completion(self._write)
+        return await self.inner.handle(request)
+
+    def _write(self, request: Request, response: Response | None, sent: int, error: str) -> None:
+        endpoint = request.endpoint
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+            "request_id": request.request_id.decode("latin-1"),
+            "direction": self.direction,
+            "method": request.method.decode("latin-1"),
+            "authority": request.authority.decode("latin-1"),
+            "path": request.path.decode("latin-1"),
+            "status": response.status if response is not None else 0,
+            "mesh_error": (response.error_reason if response is not None else "") or error or None,
+            "service": request.service or None,
+            "upstream": getattr(endpoint, "address", None),
+            "duration_ms": round((self._loop.time() - request.received_at) * 1000, 3),
+            "bytes_in": request.body.received if request.body is not None else 0,
+            "bytes_out": sent,
+            "client": request.client_addr,
+        }
+        self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.stream.flush()

@@ -1,0 +1,34 @@
+"""Chooses the endpoint for an attempt from the cluster's current endpoints."""
+
+from __future__ import annotations
+
+from mesh.balance import Balancer
+from mesh.cluster import Cluster
+from mesh.errors import LoopDetected, NoEndpoints
+from mesh.http1.message import Request, Response
+from mesh.stack import Handler
+
+
+class Balance:
+    def __init__(self, inner: Handler, cluster: Cluster, balancer: Balancer) -> None:
+        self.inner = inner
+        self.cluster = cluster
+        self.balancer = balancer
+
+    async def handle(self, request: Request) -> Response:
+        cluster = self.cluster
+        states = cluster.states
+        if not states:
+            if cluster.loops:
+                raise LoopDetected(f"every endpoint of {cluster.name} is this sidecar")
+            if not cluster.answered:
+                raise NoEndpoints(f"discovery has not answered yet for {cluster.name}")
+            raise NoEndpoints(f"no endpoints for {cluster.name}")
+        state = self.balancer.pick(states)
+        request.endpoint = state
+        state.in_flight += 1
+        state.requests += 1
+        try:
+            return await self.inner.handle(request)
+        finally:
+            state.in_flight -= 1

@@ -1,0 +1,25 @@
+"""Sets the overall deadline of an exchange; every wait below honours `request.deadline`.
+
+A deadline is one float compared at the waiting points, not a timer per layer, so a request
+that finishes in time pays for a single timer handle at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mesh.http1.message import Request, Response
+from mesh.stack import Handler
+
+
+class Deadline:
+    def __init__(self, inner: Handler, timeout: float) -> None:
+        self.inner = inner
+        self.timeout = timeout
+        self._loop = asyncio.get_event_loop()
+
+    async def handle(self, request: Request) -> Response:
+        deadline = self._loop.time() + self.timeout
+        if request.deadline is None or deadline < request.deadline:
+            request.deadline = deadline
+        return await self.inner.handle(request)

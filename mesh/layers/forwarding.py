@@ -1,0 +1,30 @@
+"""X-Forwarded-For/-Proto from the real socket, and a request id when the client sent none."""
+
+from __future__ import annotations
+
+from random import getrandbits
+
+from mesh.http1.message import Request, Response
+from mesh.stack import Handler
+
+
+def new_request_id() -> bytes:
+    value = b"%032x" % getrandbits(128)
+    return b"%s-%s-4%s-%s-%s" % (value[:8], value[8:12], value[13:16], value[16:20], value[20:])
+
+
+class ForwardedHeaders:
+    def __init__(self, inner: Handler) -> None:
+        self.inner = inner
+
+    async def handle(self, request: Request) -> Response:
+        peer = request.client_addr.encode()
+        xff = request.forwarded_for
+        if not request.request_id:
+            request.request_id = new_request_id()
+        request.headers += (
+            (b"x-forwarded-for", xff + b", " + peer if xff else peer),
+            (b"x-forwarded-proto", request.scheme),
+            (b"x-request-id", request.request_id),
+        )
+        return await self.inner.handle(request)

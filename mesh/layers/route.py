@@ -1,0 +1,55 @@
+"""Outbound routing: which upstream service a request is for.
+
+An upstream listener is bound to one service. The HTTP-proxy listener routes by the
+authority's host name; a host that is no mesh service goes to passthrough (its real
+destination) or is refused, as configured.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mesh.errors import MeshError
+from mesh.http1.message import Request, Response
+from mesh.stack import Handler
+
+
+class PassthroughDenied(MeshError):
+    status, reason = 403, "passthrough-denied"
+
+
+class ServiceStacks(Protocol):
+    def knows(self, service: str) -> bool: ...
+
+    def stack(self, service: str) -> Handler: ...
+
+
+def host_of(authority: bytes) -> str:
+    if authority.startswith(b"["):
+        return authority[1 : authority.find(b"]")].decode("ascii", "replace")
+    return authority.split(b":", 1)[0].decode("ascii", "replace").lower()
+
+
+class Route:
+    def __init__(
+        self,
+        services: ServiceStacks,
+        fixed_service: str | None = None,
+        passthrough: Handler | None = None,
+    ) -> None:
+        self.services = services
+        self.fixed_service = fixed_service
+        self.passthrough = passthrough
+        self.inner = services.stack(fixed_service) if fixed_service else None
+
+    async def handle(self, request: Request) -> Response:
+        if self.inner is not None:
+            request.service = self.fixed_service or ""
+            return await self.inner.handle(request)
+        host = host_of(request.authority)
+        if self.services.knows(host):
+            request.service = host
+            return await self.services.stack(host).handle(request)
+        if self.passthrough is None:
+            raise PassthroughDenied(f"{host!r} is not a mesh service and passthrough is off")
+        return await self.passthrough.handle(request)

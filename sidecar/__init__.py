@@ -1,0 +1,1 @@
+"""The sidecar application: config, listeners, admin API, lifecycle and the `mesh` CLI."""

@@ -1,0 +1,52 @@
+"""The admin API: readiness, liveness, effective config and cluster state, all JSON.
+
+Bound to loopback by default: it reveals topology and, later, takes control actions.
+
+    GET /ready      200 once listeners are up and discovery has answered for every upstream
+    GET /live       200 while the process runs its event loop
+    GET /config     the effective config, secrets redacted
+    GET /clusters   every upstream: endpoints, identities, pools, in-flight requests
+    GET /listeners  every listener: open, active and refused connections
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mesh.http1.message import Request, Response
+
+if TYPE_CHECKING:
+    from sidecar.runtime import Sidecar
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+def json_response(status: int, data: Any) -> Response:
+    return Response.local(status, json.dumps(data, indent=2).encode() + b"\n", list(_JSON))
+
+
+class Admin:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self._routes: dict[bytes, Callable[[], Response]] = {
+            b"/ready": self._ready,
+            b"/live": lambda: json_response(200, {"live": True}),
+            b"/config": lambda: json_response(200, sidecar.config.redacted()),
+            b"/clusters": lambda: json_response(200, sidecar.clusters_snapshot()),
+            b"/listeners": lambda: json_response(200, sidecar.listeners_snapshot()),
+        }
+
+    async def handle(self, request: Request) -> Response:
+        route = self._routes.get(request.path)
+        if route is None:
+            return json_response(404, {"error": "not found", "paths": sorted(
+                p.decode() for p in self._routes)})
+        if request.method not in (b"GET", b"HEAD"):
+            return json_response(405, {"error": "method not allowed"})
+        return route()
+
+    def _ready(self) -> Response:
+        ready, why = self.sidecar.readiness()
+        return json_response(200 if ready else 503, {"ready": ready, "reason": why})

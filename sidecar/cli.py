@@ -1,0 +1,136 @@
+"""The `mesh` command."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from discovery.static import CatalogError
+from sidecar.config import ConfigError, SidecarConfig, build, parse_upstream_flag
+
+log = logging.getLogger("sidecar")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_async(main: Any, *args: Any) -> Any:
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        options = {}
+    return anyio.run(main, *args, backend="asyncio", backend_options=options)
+
+
+def sidecar_options(fn: Any) -> Any:
+    """Options shared by `mesh sidecar` and `mesh attach`."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(path_type=Path),
+                     help="YAML or JSON config file; flags override it."),
+        click.option("--service", help="Name of the local service."),
+        click.option("--app-port", type=int, help="Port the local app listens on."),
+        click.option("--app-host", help="Host of the local app [127.0.0.1]."),
+        click.option("--listen", help="Inbound (public) listener HOST:PORT."),
+        click.option("--upstream", "upstreams", multiple=True, metavar="NAME=LOCALPORT",
+                     help="Local port for calls to service NAME (repeatable)."),
+        click.option("--proxy-port", type=int, help="HTTP-proxy listener port (0: any free)."),
+        click.option("--passthrough", type=click.Choice(["allow", "deny"]),
+                     help="Proxy mode: non-mesh hosts go to their real address, or are refused."),
+        click.option("--catalog", type=click.Path(path_type=Path),
+                     help="Static discovery file (YAML or JSON)."),
+        click.option("--admin", help="Admin API HOST:PORT [127.0.0.1:15000]."),
+        click.option("--access-log/--no-access-log", default=None,
+                     help="One JSON line per request on stdout."),
+        click.option("--drain-timeout", type=float, help="Seconds to finish in-flight work."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def load_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
+    flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())
+    try:
+        return build(config_file, flags)
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+
+
+@click.group()
+@click.version_option(package_name="pymesh-sidecar")
+def main() -> None:
+    """A sidecar service mesh: mTLS, discovery, resilience and tracing for HTTP services."""
+
+
+@main.command()
+@sidecar_options
+def sidecar(config_file: Path | None, **flags: Any) -> None:
+    """Run one sidecar in front of (inbound) and behind (outbound) a local app."""
+    config = load_config(config_file, **flags)
+    setup_logging(config.log_level)
+    try:
+        run_async(_serve_until_signal, config)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+async def _serve_until_signal(config: SidecarConfig) -> None:
+    from sidecar.runtime import Sidecar
+
+    sidecar = Sidecar(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sidecar.serve)
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    sidecar.request_stop()
+                    return
+
+        tg.start_soon(stop_on_signal)
+        log.info("ready")
+        await sidecar.wait_stopped()
+        tg.cancel_scope.cancel()
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@sidecar_options
+@click.argument("command", nargs=-1, required=True)
+def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> None:
+    """Run COMMAND (after --) with its own sidecar; the sidecar is ready before it starts."""
+    from sidecar.attach import run_attached
+
+    if flags.get("proxy_port") is None:
+        flags["proxy_port"] = 0
+    config = load_config(config_file, **flags)
+    setup_logging(config.log_level)
+    code = run_async(run_attached, config, list(command))
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--duration", type=float, default=0.0,
+              help="Stop after this many seconds (0: run until Ctrl-C).")
+@click.option("--rps", type=float, default=20.0, help="Requests per second the load sends.")
+def demo(duration: float, rps: float) -> None:
+    """Run the local demo mesh: services with sidecars, traffic, and a summary."""
+    from sidecar.demo.local import run_demo
+
+    sys.exit(run_async(run_demo, duration, rps))

@@ -1,0 +1,68 @@
+"""Upstream services known to this sidecar: a cluster, its stack and its discovery watch each.
+
+A service's stack is built the first time it is needed (config naming it, or a proxy-mode
+request for a service discovery knows) and kept; discovery updates only swap endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from discovery.endpoint import Endpoint
+from discovery.resolver import Resolver
+from mesh.cluster import Cluster, PoolFactory
+from mesh.stack import Handler
+
+log = logging.getLogger("sidecar.services")
+
+StackBuilder = Callable[[Cluster], Handler]
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+class Services:
+    def __init__(
+        self,
+        resolver: Resolver,
+        pool_factory: PoolFactory,
+        is_self: Callable[[Endpoint], bool],
+        build_stack: StackBuilder,
+        spawn: Spawn,
+    ) -> None:
+        self._resolver = resolver
+        self._pool_factory = pool_factory
+        self._is_self = is_self
+        self._build_stack = build_stack
+        self._spawn = spawn
+        self.clusters: dict[str, Cluster] = {}
+        self._stacks: dict[str, Handler] = {}
+
+    def knows(self, service: str) -> bool:
+        return service in self._stacks or self._resolver.knows(service)
+
+    def stack(self, service: str) -> Handler:
+        stack = self._stacks.get(service)
+        if stack is None:
+            cluster = Cluster(service, self._pool_factory, self._is_self)
+            self.clusters[service] = cluster
+            stack = self._stacks[service] = self._build_stack(cluster)
+            self._spawn(lambda: self._watch(cluster))
+        return stack
+
+    def all_answered(self) -> bool:
+        return all(c.answered for c in self.clusters.values())
+
+    async def _watch(self, cluster: Cluster) -> None:
+        async for endpoint_set in self._resolver.watch(cluster.name):
+            cluster.update(endpoint_set)
+            log.info(
+                "discovery: %s has %d endpoint(s)%s",
+                cluster.name,
+                len(cluster.states),
+                f", {len(cluster.rejected)} rejected" if cluster.rejected else "",
+            )
+
+    def close(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.close()

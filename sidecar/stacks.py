@@ -1,0 +1,65 @@
+"""The one visible place where each direction's layer stack is composed.
+
+    outbound: Rescue -> AccessLog -> ForwardedHeaders -> Route
+                 -> per service: Deadline -> Balance -> Connect
+    inbound:  Rescue -> AccessLog -> ForwardedHeaders -> Deadline -> Balance -> Connect(app)
+
+Stacks are built once per listener and once per upstream service when config or discovery
+brings it, never per request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from mesh.balance import make_balancer
+from mesh.cluster import Cluster
+from mesh.layers.access_log import AccessLog
+from mesh.layers.balance import Balance
+from mesh.layers.connect import Connect
+from mesh.layers.deadline import Deadline
+from mesh.layers.forwarding import ForwardedHeaders
+from mesh.layers.noop import Noop
+from mesh.layers.rescue import Rescue
+from mesh.stack import Handler, LayerFactory, compose
+from sidecar.config import SidecarConfig
+
+
+def _noop_layers() -> list[LayerFactory]:
+    """MESH_BENCH_NOOP_LAYERS=N inserts N do-nothing layers (the benchmark's cost probe)."""
+    count = int(os.environ.get("MESH_BENCH_NOOP_LAYERS", "0") or 0)
+    return [Noop] * count
+
+
+def edge_layers(config: SidecarConfig, direction: str) -> Sequence[LayerFactory]:
+    """Layers every request of a listener passes, outermost first."""
+    layers: list[LayerFactory] = [Rescue]
+    if config.access_log:
+        layers.append(lambda inner: AccessLog(inner, direction))
+    layers.append(ForwardedHeaders)
+    layers.extend(_noop_layers())
+    return layers
+
+
+def cluster_stack(config: SidecarConfig, cluster: Cluster, timeout: float) -> Handler:
+    """Per-upstream part: deadline, then endpoint choice, then the connection."""
+    balancer = make_balancer(config.balance)
+    return compose(
+        Connect(),
+        [
+            lambda inner: Deadline(inner, timeout),
+            lambda inner: Balance(inner, cluster, balancer),
+        ],
+    )
+
+
+def inbound_stack(config: SidecarConfig, app: Cluster) -> Handler:
+    return compose(
+        cluster_stack(config, app, config.inbound_timeouts.request),
+        edge_layers(config, "inbound"),
+    )
+
+
+def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:
+    return compose(route, edge_layers(config, "outbound"))
