@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 DEFAULT_TRUST_DOMAIN = "mesh.local"
 
 
-def service_identity(service: str, trust_domain: str = DEFAULT_TRUST_DOMAIN, dc: str = "dc1") -> str:
+def service_identity(
+    service: str, trust_domain: str = DEFAULT_TRUST_DOMAIN, dc: str = "dc1"
+) -> str:
     """The SPIFFE ID of a service, in Consul's layout."""
     return f"spiffe://{trust_domain}/ns/default/dc/{dc}/svc/{service}"
 

@@ -82,7 +82,9 @@ def load_catalog(path: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict[s
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise CatalogError(f"catalog {path}: not valid {path.suffix[1:] or 'YAML'}: {exc}") from None
+        raise CatalogError(
+            f"catalog {path}: not valid {path.suffix[1:] or 'YAML'}: {exc}"
+        ) from None
     return parse_catalog(data, trust_domain)
 
 

@@ -7,12 +7,14 @@ once their in-flight exchanges end.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 from discovery.endpoint import Endpoint, EndpointSet
 from mesh.http1.pool import EndpointPool
+from mesh.inline import Waiter
 
 PoolFactory = Callable[[Endpoint], EndpointPool]
 
@@ -53,6 +55,19 @@ class Cluster:
         self.updated_at: float | None = None
         self.rejected: tuple[tuple[str, str], ...] = ()
         self.loops = 0
+        self._first_answer: list[Waiter[None]] = []
+
+    async def wait_answered(self, max_wait: float) -> None:
+        """Wait (bounded) for discovery's first answer; a cluster made on demand has none."""
+        if self.answered:
+            return
+        waiter: Waiter[None] = Waiter()
+        self._first_answer.append(waiter)
+        timer = asyncio.get_running_loop().call_later(max_wait, waiter.set_result, None)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
 
     def update(self, endpoint_set: EndpointSet) -> None:
         old = {s.endpoint: s for s in self.states}
@@ -74,6 +89,9 @@ class Cluster:
         self.answered = True
         self.version = endpoint_set.version
         self.updated_at = time.time()
+        waiting, self._first_answer = self._first_answer, []
+        for waiter in waiting:
+            waiter.set_result(None)
 
     def close(self) -> None:
         for state in self.states:

@@ -41,8 +41,9 @@ class Admin:
     async def handle(self, request: Request) -> Response:
         route = self._routes.get(request.path)
         if route is None:
-            return json_response(404, {"error": "not found", "paths": sorted(
-                p.decode() for p in self._routes)})
+            return json_response(
+                404, {"error": "not found", "paths": sorted(p.decode() for p in self._routes)}
+            )
         if request.method not in (b"GET", b"HEAD"):
             return json_response(405, {"error": "method not allowed"})
         return route()

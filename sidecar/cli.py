@@ -38,22 +38,40 @@ def run_async(main: Any, *args: Any) -> Any:
 def sidecar_options(fn: Any) -> Any:
     """Options shared by `mesh sidecar` and `mesh attach`."""
     options = [
-        click.option("--config", "config_file", type=click.Path(path_type=Path),
-                     help="YAML or JSON config file; flags override it."),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            help="YAML or JSON config file; flags override it.",
+        ),
         click.option("--service", help="Name of the local service."),
         click.option("--app-port", type=int, help="Port the local app listens on."),
         click.option("--app-host", help="Host of the local app [127.0.0.1]."),
         click.option("--listen", help="Inbound (public) listener HOST:PORT."),
-        click.option("--upstream", "upstreams", multiple=True, metavar="NAME=LOCALPORT",
-                     help="Local port for calls to service NAME (repeatable)."),
+        click.option(
+            "--upstream",
+            "upstreams",
+            multiple=True,
+            metavar="NAME=LOCALPORT",
+            help="Local port for calls to service NAME (repeatable).",
+        ),
         click.option("--proxy-port", type=int, help="HTTP-proxy listener port (0: any free)."),
-        click.option("--passthrough", type=click.Choice(["allow", "deny"]),
-                     help="Proxy mode: non-mesh hosts go to their real address, or are refused."),
-        click.option("--catalog", type=click.Path(path_type=Path),
-                     help="Static discovery file (YAML or JSON)."),
+        click.option(
+            "--passthrough",
+            type=click.Choice(["allow", "deny"]),
+            help="Proxy mode: non-mesh hosts go to their real address, or are refused.",
+        ),
+        click.option(
+            "--catalog",
+            type=click.Path(path_type=Path),
+            help="Static discovery file (YAML or JSON).",
+        ),
         click.option("--admin", help="Admin API HOST:PORT [127.0.0.1:15000]."),
-        click.option("--access-log/--no-access-log", default=None,
-                     help="One JSON line per request on stdout."),
+        click.option(
+            "--access-log/--no-access-log",
+            default=None,
+            help="One JSON line per request on stdout.",
+        ),
         click.option("--drain-timeout", type=float, help="Seconds to finish in-flight work."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
     ]
@@ -126,8 +144,12 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
 
 
 @main.command()
-@click.option("--duration", type=float, default=0.0,
-              help="Stop after this many seconds (0: run until Ctrl-C).")
+@click.option(
+    "--duration",
+    type=float,
+    default=0.0,
+    help="Stop after this many seconds (0: run until Ctrl-C).",
+)
 @click.option("--rps", type=float, default=20.0, help="Requests per second the load sends.")
 def demo(duration: float, rps: float) -> None:
     """Run the local demo mesh: services with sidecars, traffic, and a summary."""

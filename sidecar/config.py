@@ -124,8 +124,8 @@ class SidecarConfig(_Model):
 
     def redacted(self) -> dict[str, Any]:
         """The effective config as JSON-ready data, with secrets replaced."""
-        data: dict[str, Any] = json.loads(self.model_dump_json())
-        return _redact(data)
+        data: dict[str, Any] = _redact(json.loads(self.model_dump_json()))
+        return data
 
 
 _SECRET_WORDS = ("token", "password", "secret", "private_key", "key_file")

@@ -22,6 +22,7 @@ from discovery.endpoint import Endpoint, EndpointSet
 from discovery.resolver import Resolver
 from discovery.static import StaticResolver, parse_address
 from mesh.cluster import Cluster
+from mesh.http1.deadlines import SWEEPER
 from mesh.http1.pool import EndpointPool
 from mesh.http1.server import ConnectionTracker, ServerConnection
 from mesh.layers.connect import Connect
@@ -65,6 +66,7 @@ class Sidecar:
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self._started = False
+        self._app_seen = False
         self.services: Services | None = None
         self.app_cluster: Cluster | None = None
 
@@ -98,9 +100,8 @@ class Sidecar:
         host, port = parse_address(address, name)
         tracker = ConnectionTracker(self.config.limits.policy(), name)
         loop = asyncio.get_running_loop()
-        spawn = self._spawn
         server = await loop.create_server(
-            lambda: ServerConnection(handler, tracker, spawn),
+            lambda: ServerConnection(handler, tracker),
             host,
             port,
             reuse_address=True,
@@ -118,43 +119,54 @@ class Sidecar:
     # -- lifecycle ----------------------------------------------------------------------------
     async def serve(self, *, task_status: TaskStatus[Sidecar] = anyio.TASK_STATUS_IGNORED) -> None:
         config = self.config
+        outbound_pools = self._pool_factory(config.outbound_timeouts.connect)
+        services = self.services = Services(
+            self.resolver, outbound_pools, self.is_self, self._outbound_cluster_stack, self._spawn
+        )
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            outbound_pools = self._pool_factory(config.outbound_timeouts.connect)
-            self.services = Services(
-                self.resolver, outbound_pools, self.is_self, self._outbound_cluster_stack,
-                self._spawn,
-            )
+            tg.start_soon(SWEEPER.run)
             # Reserve the listener ports first so loop detection knows them from the start.
             if config.listen is not None and config.app_port is not None:
-                app = Cluster(config.service, self._pool_factory(config.inbound_timeouts.connect),
-                              lambda e: False)
-                app.update(EndpointSet(config.service, (Endpoint(config.app_host, config.app_port),)))
+                app_pools = self._pool_factory(config.inbound_timeouts.connect)
+                app = Cluster(config.service, app_pools, lambda e: False)
+                local_app = Endpoint(config.app_host, config.app_port)
+                app.update(EndpointSet(config.service, (local_app,)))
                 self.app_cluster = app
-                await self._listen("inbound", "inbound", config.listen,
-                                   stacks.inbound_stack(config, app))
+                tg.start_soon(self._probe_app)
+                await self._listen(
+                    "inbound", "inbound", config.listen, stacks.inbound_stack(config, app)
+                )
             for upstream in config.upstreams:
                 route = Route(self.services, fixed_service=upstream.name)
-                await self._listen(f"upstream:{upstream.name}", "outbound",
-                                   f"{upstream.local_address}:{upstream.local_port}",
-                                   stacks.outbound_stack(config, route))
+                await self._listen(
+                    f"upstream:{upstream.name}",
+                    "outbound",
+                    f"{upstream.local_address}:{upstream.local_port}",
+                    stacks.outbound_stack(config, route),
+                )
             if config.proxy_port is not None:
                 passthrough = None
                 if config.passthrough == "allow":
                     passthrough = Passthrough(
                         Deadline(Connect(), config.outbound_timeouts.request),
-                        outbound_pools, self.is_self)
+                        outbound_pools,
+                        self.is_self,
+                    )
                 route = Route(self.services, passthrough=passthrough)
-                await self._listen("proxy", "outbound",
-                                   f"{config.proxy_address}:{config.proxy_port}",
-                                   stacks.outbound_stack(config, route))
+                await self._listen(
+                    "proxy",
+                    "outbound",
+                    f"{config.proxy_address}:{config.proxy_port}",
+                    stacks.outbound_stack(config, route),
+                )
             await self._listen("admin", "admin", config.admin, Admin(self))
             self._started = True
             task_status.started(self)
             await self._stop.wait()
             await self.drain(("inbound", "outbound", "admin"))
             tg.cancel_scope.cancel()
-        self.services.close()
+        services.close()
         if self.app_cluster is not None:
             self.app_cluster.close()
         self._stopped.set()
@@ -177,11 +189,15 @@ class Sidecar:
         for listener in chosen:
             left = listener.tracker.abort_all()
             if left:
-                log.warning("%s: reset %d connection(s) still open at the drain deadline",
-                            listener.name, left)
+                log.warning(
+                    "%s: reset %d connection(s) still open at the drain deadline",
+                    listener.name,
+                    left,
+                )
 
     # -- state --------------------------------------------------------------------------------
-    def readiness(self) -> tuple[bool, str]:
+    def readiness(self, include_app: bool = True) -> tuple[bool, str]:
+        """Ready: listeners up, discovery answered, and (for /ready) the app accepting."""
         if not self._started:
             return False, "starting"
         if self._stop.is_set():
@@ -190,7 +206,23 @@ class Sidecar:
         waiting = [c.name for c in self.services.clusters.values() if not c.answered]
         if waiting:
             return False, "waiting for discovery: " + ", ".join(sorted(waiting))
+        if include_app and self.app_cluster is not None and not self._app_seen:
+            return False, f"waiting for the app on {self.config.app_host}:{self.config.app_port}"
         return True, "ok"
+
+    async def _probe_app(self) -> None:
+        """Until the app first accepts a connection, inbound traffic has nowhere to go."""
+        config = self.config
+        assert config.app_port is not None
+        while not self._app_seen:
+            try:
+                stream = await anyio.connect_tcp(config.app_host, config.app_port)
+            except OSError:
+                await anyio.sleep(0.05)
+                continue
+            await stream.aclose()
+            self._app_seen = True
+            log.info("the app accepts connections on %s:%d", config.app_host, config.app_port)
 
     def port_of(self, name: str) -> int:
         for listener in self.listeners:

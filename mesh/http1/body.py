@@ -7,8 +7,9 @@ consumer has taken the buffer. This is how a 1 GiB body crosses the proxy in bou
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
+
+from mesh.inline import Waiter
 
 HIGH_WATER = 256 * 1024
 
@@ -19,8 +20,8 @@ class Body:
         "_chunks",
         "_done",
         "_error",
-        "_paused",
         "_pause",
+        "_paused",
         "_resume",
         "_size",
         "_waiter",
@@ -39,7 +40,7 @@ class Body:
         self._size = 0
         self._done = False
         self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: Waiter[None] | None = None
         self._pause = pause
         self._resume = resume
         self._paused = False
@@ -83,7 +84,7 @@ class Body:
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
+        if waiter is not None:
             waiter.set_result(None)
 
     # -- consumer side -----------------------------------------------------------------------
@@ -118,7 +119,7 @@ class Body:
                 raise self._error
             if self._done:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = Waiter()
             await self._waiter
 
     def abandon(self) -> None:

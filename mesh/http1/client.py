@@ -15,16 +15,28 @@ import httptools
 
 from mesh.errors import MeshError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from mesh.http1.body import Body
+from mesh.http1.deadlines import SWEEPER
 from mesh.http1.message import Request, Response, bodyless_status, serialize_headers
+from mesh.inline import Inline, Waiter
 
 if TYPE_CHECKING:
     from mesh.http1.pool import EndpointPool
 
 log = logging.getLogger("mesh.http1.client")
 
-_DROP_RESPONSE = frozenset(
-    {b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
-)
+# What the response head parser does with a header, by lower-case name (None: end-to-end).
+_DROP, _CL, _TE, _CONN = range(4)
+_SPECIAL = {
+    b"content-length": _CL,
+    b"transfer-encoding": _TE,
+    b"connection": _CONN,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"upgrade": _DROP,
+    b"proxy-authenticate": _DROP,
+}
 
 
 class _HeadResponseDone(Exception):
@@ -34,7 +46,12 @@ class _HeadResponseDone(Exception):
 def request_head(request: Request) -> bytes:
     """Serialise a request head for the upstream, framing re-derived from our own parse."""
     lines = [
-        request.method + b" " + request.target + b" HTTP/1.1\r\nhost: " + request.authority + b"\r\n"
+        request.method
+        + b" "
+        + request.target
+        + b" HTTP/1.1\r\nhost: "
+        + request.authority
+        + b"\r\n"
     ]
     if request.headers:
         lines.append(serialize_headers(request.headers))
@@ -44,11 +61,6 @@ def request_head(request: Request) -> bytes:
         lines.append(b"transfer-encoding: chunked\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
-
-
-def _expire(waiter: asyncio.Future[Response], what: str) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamTimeout(what))
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -63,7 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.requests = 0
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[Response] | None = None
+        self._waiter: Waiter[Response] | None = None
+        self._parsed: Response | None = None
         self._body: Body | None = None
         self._close_delimited = False
         self._head_request = False
@@ -71,9 +84,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._response_done = True
         self._keep_alive = True
         self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._pump: asyncio.Task[None] | None = None
+        self._drain_waiter: Waiter[None] | None = None
+        self._pumping = False
         self._received_any = False
+        #: Loop time by which the response head must arrive (read by the deadline sweeper).
+        self.deadline = 0.0
         self._reset_head()
 
     def __repr__(self) -> str:
@@ -88,7 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None:
             waiter.set_exception(UpstreamReset("upstream closed the connection before a response"))
         body = self._body
         if body is not None:
@@ -97,8 +112,6 @@ class UpstreamConnection(asyncio.Protocol):
                 body.finish()
             else:
                 body.fail(UpstreamReset("upstream closed the connection mid-body"))
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
         self._wake_drain()
 
     def abort(self) -> None:
@@ -115,8 +128,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _wake_drain(self) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
+        if waiter is not None:
             waiter.set_result(None)
+
+    def expire(self) -> None:
+        """The deadline passed before the response head arrived."""
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.set_exception(UpstreamTimeout(f"no response from {self.pool.label} in time"))
 
     # -- the exchange -------------------------------------------------------------------------
     async def exchange(self, head: bytes, request: Request, deadline: float | None) -> Response:
@@ -127,7 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = request.method == b"HEAD"
         self._response_done = False
         self._received_any = False
-        waiter: asyncio.Future[Response] = self.loop.create_future()
+        waiter: Waiter[Response] = Waiter()
         self._waiter = waiter
         body = request.body
         if body is None:
@@ -142,8 +161,11 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._request_done = False
             transport.write(head)
-            self._pump = asyncio.ensure_future(self._send_body(body, request.content_length))
-        timer = None if deadline is None else self.loop.call_at(deadline, _expire, waiter, "")
+            self._pumping = True
+            Inline.start(self._send_body(body, request.content_length), self._pump_done)
+        if deadline is not None:
+            self.deadline = deadline
+            SWEEPER.waiting.add(self)
         try:
             return await waiter
         except BaseException:
@@ -155,8 +177,8 @@ class UpstreamConnection(asyncio.Protocol):
             # The connection may already serve the next exchange (released on completion).
             if self._waiter is waiter:
                 self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            if deadline is not None:
+                SWEEPER.waiting.discard(self)
 
     async def _send_body(self, body: Body, length: int | None) -> None:
         transport = self.transport
@@ -168,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
                     return
                 transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
                 if self._write_paused:
-                    self._drain_waiter = self.loop.create_future()
+                    self._drain_waiter = Waiter()
                     await self._drain_waiter
             if chunked:
                 transport.write(b"0\r\n\r\n")
@@ -182,10 +204,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = True
         self._maybe_release()
 
+    def _pump_done(self, _: None, error: BaseException | None) -> None:
+        self._pumping = False
+        if error is not None:
+            log.error("sending a request body to %s failed", self.pool.label, exc_info=error)
+            self.abort()
+
     def _maybe_release(self) -> None:
         if self._request_done and self._response_done and self.busy:
             self.busy = False
-            self._pump = None
             if self._keep_alive and not self.closed:
                 self.idle_since = self.loop.time()
                 self.pool.release(self)
@@ -205,16 +232,27 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError:
             if self._head_request and self._response_done:
                 self._parser = httptools.HttpResponseParser(self)
-                return
-            self._protocol_error("invalid response")
+            else:
+                self._protocol_error("invalid response")
         except httptools.HttpParserError as exc:
             self._protocol_error(str(exc))
+        # The head is handed over only after the whole chunk is parsed, so a small response
+        # reaches the client in one write with its body.
+        response = self._parsed
+        if response is not None:
+            self._parsed = None
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                waiter.set_result(response)
+            elif response.body is not None:
+                response.body.abandon()  # nobody waits any more (timed out): drop it
 
     def _protocol_error(self, what: str) -> None:
         self.pool.protocol_errors += 1
         error = UpstreamProtocolError(f"upstream sent a malformed response: {what}")
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None:
             waiter.set_exception(error)
         if self._body is not None:
             self._body.fail(error)
@@ -236,16 +274,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"content-length":
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            self._headers.append((name, value))
+        elif kind == _CL:
             self._cl = int(value)
-        elif name == b"transfer-encoding":
+        elif kind == _TE:
             if value.strip().lower() != b"chunked":
                 raise ValueError("unsupported transfer-encoding in response")
             self._chunked = True
-        elif name == b"connection":
+        elif kind == _CONN:
             self._conn_tokens.extend(t.strip().lower() for t in value.split(b","))
-        elif name not in _DROP_RESPONSE:
-            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status: int = self._parser.get_status_code()
@@ -270,12 +309,7 @@ class UpstreamConnection(asyncio.Protocol):
         length = self._cl if not self._chunked else None
         if self._head_request and self._chunked:
             length = None
-        response = Response(status, headers, body, length, self._reason)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
-        elif body is not None:
-            body.abandon()  # nobody waits any more (timed out): drop it
+        self._parsed = Response(status, headers, body, length, self._reason)
         if self._head_request:
             self._finish_response()
             raise _HeadResponseDone

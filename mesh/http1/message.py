@@ -13,6 +13,8 @@ from typing import Any
 from mesh.http1.body import Body
 
 Headers = list[tuple[bytes, bytes]]
+#: Called once a response is written or aborted: (request, response, body bytes sent, error).
+Completion = Callable[["Request", "Response | None", int, str], None]
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy-only ones; never forwarded.
 HOP_BY_HOP = frozenset(
@@ -63,7 +65,6 @@ class Request:
         "keep_alive",
         "method",
         "on_complete",
-        "path",
         "received_at",
         "request_id",
         "scheme",
@@ -90,7 +91,6 @@ class Request:
         self.method = method
         #: Origin-form target (path and query) as forwarded upstream.
         self.target = target
-        self.path = target.split(b"?", 1)[0]
         self.headers = headers
         #: host[:port] the client addressed (absolute-form URI wins over Host).
         self.authority = authority
@@ -111,7 +111,12 @@ class Request:
         self.endpoint: Any = None
         self.attempts = 0
         #: Callbacks run once the response has been fully written or aborted.
-        self.on_complete: list[Callable[[Request, Response | None, int, str], None]] | None = None
+        self.on_complete: list[Completion] | None = None
+
+    @property
+    def path(self) -> bytes:
+        """The target without its query string."""
+        return self.target.split(b"?", 1)[0]
 
     def header(self, name: bytes) -> bytes | None:
         for n, v in self.headers:
@@ -119,7 +124,9 @@ class Request:
                 return v
         return None
 
-    def add_completion(self, callback: Callable[[Request, Response | None, int, str], None]) -> None:
+    def add_completion(
+        self, callback: Callable[[Request, Response | None, int, str], None]
+    ) -> None:
         if self.on_complete is None:
             self.on_complete = [callback]
         else:
@@ -167,4 +174,4 @@ def bodyless_status(status: int) -> bool:
 def serialize_headers(headers: Headers) -> bytes:
     if not headers:
         return b""
-    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers])

@@ -56,27 +56,39 @@ class EndpointPool:
             "protocol_errors": self.protocol_errors,
         }
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for one exchange, and whether it was reused from the pool."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled connection ready for one exchange, or None (then `connect()`)."""
         idle = self._idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
-                return conn, True
-        return await self._connect(), False
+                return conn
+        return None
 
-    async def _connect(self) -> UpstreamConnection:
+    async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         self.connecting += 1
+        # A task per new connection (not per request): the data path runs without a current
+        # task, so the timeout cancels this task rather than using asyncio.timeout().
+        connecting = asyncio.ensure_future(
+            loop.create_connection(
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ssl=self.ssl_context,
+                server_hostname=self.server_hostname if self.ssl_context else None,
+            )
+        )
+        timer = loop.call_later(self.connect_timeout, connecting.cancel)
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl_context,
-                    server_hostname=self.server_hostname if self.ssl_context else None,
-                )
+            _, conn = await connecting
+        except asyncio.CancelledError:
+            if not connecting.cancelled():
+                raise
+            self.connect_failures += 1
+            raise UpstreamConnectFailed(
+                f"connect to {self.label} timed out after {self.connect_timeout:g}s"
+            ) from None
         except TimeoutError:
             self.connect_failures += 1
             raise UpstreamConnectFailed(
@@ -88,6 +100,7 @@ class EndpointPool:
                 f"connect to {self.label} failed: {exc.strerror or exc}"
             ) from None
         finally:
+            timer.cancel()
             self.connecting -= 1
         self.opened += 1
         self._all.add(conn)

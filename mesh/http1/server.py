@@ -1,9 +1,9 @@
 """The downstream side: one asyncio protocol per client connection.
 
-Parsing runs in protocol callbacks; one task per connection (not per request) takes parsed
-requests in order, passes each through the handler stack and writes the response, streaming
-the body with the transport's flow control. Timeouts are enforced by the tracker's sweep, so
-a request costs no timer of its own.
+Parsing runs in protocol callbacks; parsed requests queue in order and each in turn runs
+through the handler stack and writes its response, driven inline (`mesh.inline`) rather
+than by a task. Bodies stream with the transports' flow control. Timeouts are enforced by
+the tracker's sweep, so a request costs no timer of its own.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -20,6 +19,7 @@ from mesh.errors import BadRequest, HeadersTooLarge, MeshError, RequestTimeout
 from mesh.http1.body import Body
 from mesh.http1.message import Request, Response, bodyless_status, serialize_headers
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
+from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
 from mesh.respond import error_response
 
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.http1.server")
 
-
-Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 # What the head parser does with a header, by lower-case name; None means "end-to-end".
 _DROP, _HOST, _CL, _TE, _CONN, _XFF, _RID, _EXPECT = range(8)
@@ -127,17 +125,10 @@ class ConnectionTracker:
 class ServerConnection(asyncio.Protocol):
     """HTTP/1.1 server side of one client connection."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        tracker: ConnectionTracker,
-        spawn: Spawn,
-        scheme: bytes = b"http",
-    ) -> None:
+    def __init__(self, handler: Handler, tracker: ConnectionTracker, scheme: bytes = b"http"):
         self.handler = handler
         self.tracker = tracker
         self.limits = tracker.limits
-        self._spawn = spawn
         self.scheme = scheme
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
@@ -146,11 +137,11 @@ class ServerConnection(asyncio.Protocol):
         self.busy = False
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request | MeshError] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._dispatching = False
         self._stop_error: MeshError | None = None
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: Waiter[None] | None = None
         self._write_stalled_since = 0.0
         self._phase = IDLE
         self._phase_since = 0.0
@@ -162,14 +153,14 @@ class ServerConnection(asyncio.Protocol):
     # -- connection lifecycle -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        assert self.transport is not None
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         if not self.tracker.add(self):
             self.closed = True
-            transport.abort()
+            self.transport.abort()
             return
         self._phase_since = self.loop.time()
-        self._spawn(self._serve)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -178,7 +169,6 @@ class ServerConnection(asyncio.Protocol):
         if body is not None:
             body.fail(BadRequest("client closed the connection mid-body"))
             self._parsing_body = None
-        self._wake()
         self._wake_drain()
 
     def pause_writing(self) -> None:
@@ -191,12 +181,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _wake_drain(self) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
+        if waiter is not None:
             waiter.set_result(None)
 
     def drain(self) -> None:
@@ -208,14 +193,12 @@ class ServerConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
-        self._wake()
 
     def abort(self, why: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
             log.info("aborting connection from %s: %s", self.peer, why)
             self.transport.abort()
         self.closed = True
-        self._wake()
 
     def check_timeouts(self, now: float) -> None:
         """Called by the tracker's sweep: slowloris, slow bodies, idle and unread responses."""
@@ -226,9 +209,13 @@ class ServerConnection(asyncio.Protocol):
         elif self._phase == BODY and not self._reading_paused:
             if now - self._body_progress > limits.body_timeout:
                 self._fail(RequestTimeout("request body stalled"))
-        elif self._phase == IDLE and not self.busy and not self._queue:
-            if elapsed > limits.idle_timeout:
-                self.close()
+        elif (
+            self._phase == IDLE
+            and not self.busy
+            and not self._queue
+            and elapsed > limits.idle_timeout
+        ):
+            self.close()
         if self._write_paused and now - self._write_stalled_since > limits.write_timeout:
             self.abort("client stopped reading the response")
 
@@ -258,6 +245,9 @@ class ServerConnection(asyncio.Protocol):
             return
         if self._phase == HEAD and self._head_bytes > self.limits.max_header_bytes:
             self._fail(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+        elif self._queue and not self.busy:
+            # Dispatch after the whole chunk is parsed, so a small body is complete by then.
+            self._dispatch()
 
     def _fail(self, error: MeshError) -> None:
         """Stop reading; the error is answered after the responses already due."""
@@ -272,7 +262,7 @@ class ServerConnection(asyncio.Protocol):
             self.transport.pause_reading()
         if not self._queue or not isinstance(self._queue[-1], MeshError):
             self._queue.append(error)
-        self._wake()
+        self._dispatch()
 
     def _reset_head(self) -> None:
         self._url = b""
@@ -352,8 +342,6 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = True
             assert self.transport is not None
             self.transport.pause_reading()
-        if self._waiter is not None:
-            self._wake()
 
     def _build_request(self) -> Request:
         parser = self._parser
@@ -428,55 +416,63 @@ class ServerConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and self._stop_error is None and self.transport is not None:
-            if len(self._queue) <= self.limits.max_pipelined:
-                self._reading_paused = False
-                self._body_progress = self.loop.time()
-                self.transport.resume_reading()
+        if (
+            self._reading_paused
+            and self._stop_error is None
+            and self.transport is not None
+            and len(self._queue) <= self.limits.max_pipelined
+        ):
+            self._reading_paused = False
+            self._body_progress = self.loop.time()
+            self.transport.resume_reading()
 
-    # -- the connection task ------------------------------------------------------------------
-    async def _next(self) -> Request | MeshError | None:
-        while not self._queue:
-            if self.closed:
-                return None
-            self._waiter = self.loop.create_future()
-            await self._waiter
-        item = self._queue.popleft()
-        if self._reading_paused and self._parsing_body is None:
-            self._resume_reading()
-        return item
-
-    async def _serve(self) -> None:
+    # -- dispatch: one request at a time, driven inline ---------------------------------------
+    def _dispatch(self) -> None:
+        """Start queued requests in order; loops rather than recursing when one ends at once."""
+        if self._dispatching:
+            return
+        self._dispatching = True
         try:
-            while True:
-                item = await self._next()
-                if item is None:
-                    return
-                if isinstance(item, MeshError):
-                    if item.status == 408 and self._nothing_started():
-                        return  # an idle keep-alive expiring is not worth a 408
-                    await self._respond(None, error_response(item), keep_alive=False)
-                    return
+            while self._queue and not self.busy and not self.closed:
+                item = self._queue.popleft()
+                if self._reading_paused and self._parsing_body is None:
+                    self._resume_reading()
                 self.busy = True
-                try:
-                    response = await self.handler.handle(item)
-                except Exception as exc:  # the stack's rescue layer should have caught it
-                    response = error_response(exc)
-                keep = (
-                    item.keep_alive
-                    and not self.tracker.draining
-                    and (item.body is None or item.body.at_eof)
-                    and self._stop_error is None
-                )
-                ok = await self._respond(item, response, keep)
-                self.busy = False
-                if not (ok and keep):
-                    return
-                if self.tracker.draining and not self._queue:
-                    return
+                Inline.start(self._exchange(item), self._exchange_done)
         finally:
-            self.busy = False
+            self._dispatching = False
+
+    async def _exchange(self, item: Request | MeshError) -> bool:
+        """Handle one request and write its response; True when the connection stays open."""
+        if isinstance(item, MeshError):
+            if item.status == 408 and self._nothing_started():
+                return False  # an idle keep-alive expiring is not worth a 408
+            await self._respond(None, error_response(item), keep_alive=False)
+            return False
+        try:
+            response = await self.handler.handle(item)
+        except Exception as exc:  # the stack's rescue layer should have caught it
+            response = error_response(exc)
+        keep = (
+            item.keep_alive
+            and not self.tracker.draining
+            and (item.body is None or item.body.at_eof)
+            and self._stop_error is None
+        )
+        ok = await self._respond(item, response, keep)
+        return ok and keep
+
+    def _exchange_done(self, keep_open: bool | None, error: BaseException | None) -> None:
+        self.busy = False
+        if error is not None:
+            if not isinstance(error, Exception):
+                raise error
+            log.error("exchange failed on a connection from %s", self.peer, exc_info=error)
+        if not keep_open or (self.tracker.draining and not self._queue):
             self.close()
+            return
+        self._phase_since = self.loop.time()
+        self._dispatch()
 
     def _nothing_started(self) -> bool:
         return self._head_bytes == 0 and not self._url
@@ -565,7 +561,7 @@ class ServerConnection(asyncio.Protocol):
                 else:
                     transport.write(data)
                 if self._write_paused:
-                    self._drain_waiter = self.loop.create_future()
+                    self._drain_waiter = Waiter()
                     await self._drain_waiter
         except MeshError as exc:
             # The upstream failed mid-body: the client must see an abort, never a clean end.

@@ -8,6 +8,10 @@ from mesh.errors import LoopDetected, NoEndpoints
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
+#: How long a request waits for the first discovery answer of a service seen for the first
+#: time; after that, no answer means a fast 503 rather than a hang.
+FIRST_ANSWER_WAIT = 2.0
+
 
 class Balance:
     def __init__(self, inner: Handler, cluster: Cluster, balancer: Balancer) -> None:
@@ -18,6 +22,9 @@ class Balance:
     async def handle(self, request: Request) -> Response:
         cluster = self.cluster
         states = cluster.states
+        if not states and not cluster.answered:
+            await cluster.wait_answered(FIRST_ANSWER_WAIT)
+            states = cluster.states
         if not states:
             if cluster.loops:
                 raise LoopDetected(f"every endpoint of {cluster.name} is this sidecar")

@@ -13,13 +13,16 @@ class Connect:
         state: EndpointState = request.endpoint
         pool = state.pool
         head = request_head(request)
-        conn, reused = await pool.acquire()
+        conn = pool.take_idle()
+        if conn is None:
+            conn = await pool.connect()
+            return await conn.exchange(head, request, request.deadline)
         try:
             return await conn.exchange(head, request, request.deadline)
         except UpstreamReset:
             # A pooled connection the upstream closed while idle fails this way before any
             # response byte; a bodiless idempotent request is safe to send once more, fresh.
-            if not (reused and request.body is None and request.method in IDEMPOTENT_METHODS):
+            if request.body is not None or request.method not in IDEMPOTENT_METHODS:
                 raise
-        conn, _ = await pool.acquire()
+        conn = await pool.connect()
         return await conn.exchange(head, request, request.deadline)

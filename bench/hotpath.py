@@ -1,0 +1,160 @@
+"""CPU per request of one sidecar hop without sockets: where the Python time goes.
+
+Feeds requests into a real `ServerConnection` running a real outbound stack whose upstream
+connections sit on in-memory transports that answer at once. What remains is the proxy's
+own work (parsing, layers, serialisation, event-loop wakeups), measured as process CPU time,
+so it stays meaningful on a busy machine. Complements bench/run.py, which measures the
+whole system with real sockets against nginx and haproxy.
+
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--connections 64] [--noop-layers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from discovery.endpoint import Endpoint, EndpointSet  # noqa: E402
+from mesh.cluster import Cluster  # noqa: E402
+from mesh.http1.client import UpstreamConnection  # noqa: E402
+from mesh.http1.pool import EndpointPool  # noqa: E402
+from mesh.http1.server import ConnectionTracker, ServerConnection  # noqa: E402
+from mesh.layers.route import Route  # noqa: E402
+from sidecar import stacks  # noqa: E402
+from sidecar.config import SidecarConfig  # noqa: E402
+
+REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:15001\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 26 Nov 2026 19:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+    b"hello world\n"
+)
+
+
+class MemoryTransport:
+    """Just enough of asyncio.Transport for the protocols; `on_write` plays the peer."""
+
+    def __init__(self, on_write: Any) -> None:
+        self.on_write = on_write
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.on_write(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class MemoryPool(EndpointPool):
+    """A pool whose connections answer every request with RESPONSE on the next loop turn."""
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self)
+        conn.connection_made(
+            MemoryTransport(lambda data: loop.call_soon(conn.data_received, RESPONSE))  # type: ignore[arg-type]
+        )
+        self._all.add(conn)
+        return conn
+
+
+class Services:
+    def __init__(self, config: SidecarConfig) -> None:
+        cluster = Cluster(
+            "app",
+            lambda e: MemoryPool(e.host, e.port, config.pool.policy(), 1.0),
+            lambda e: False,
+        )
+        cluster.update(EndpointSet("app", (Endpoint("127.0.0.1", 15001),)))
+        self._stack = stacks.cluster_stack(config, cluster, 15.0)
+
+    def knows(self, service: str) -> bool:
+        return service == "app"
+
+    def stack(self, service: str) -> Any:
+        return self._stack
+
+
+async def run(requests: int, connections: int) -> float:
+    loop = asyncio.get_running_loop()
+    config = SidecarConfig(service="bench")
+    handler = stacks.outbound_stack(config, Route(Services(config), fixed_service="app"))
+    tracker = ConnectionTracker(config.limits.policy())
+    remaining = requests
+    done = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(fn: Any) -> None:
+        tasks.add(asyncio.ensure_future(fn()))
+
+    def client(conn: ServerConnection) -> Any:
+        def on_response(data: bytes) -> None:
+            nonlocal remaining
+            if not data.startswith(b"HTTP/1.1 "):
+                return  # the rest of a response already counted
+            remaining -= 1
+            if remaining <= 0:
+                done.set()
+            elif remaining >= connections:
+                loop.call_soon(conn.data_received, REQUEST)
+
+        return on_response
+
+    started = time.process_time()
+    for _ in range(connections):
+        conn = ServerConnection(handler, tracker)
+        conn.connection_made(MemoryTransport(client(conn)))  # type: ignore[arg-type]
+        loop.call_soon(conn.data_received, REQUEST)
+    await done.wait()
+    used = time.process_time() - started
+    for task in tasks:
+        task.cancel()
+    return used / requests * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--noop-layers", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
+    args = parser.parse_args()
+    os.environ["MESH_BENCH_NOOP_LAYERS"] = str(args.noop_layers)
+    import uvloop
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        uvloop.run(run(args.requests, args.connections))
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+    us = uvloop.run(run(args.requests, args.connections))
+    print(f"{us:.2f} us CPU per request through one hop (no sockets), "
+          f"{args.noop_layers} no-op layers, {args.connections} connections")
+
+
+if __name__ == "__main__":
+    main()

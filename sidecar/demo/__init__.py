@@ -1,0 +1,1 @@
+"""The demo mesh: a small shop whose services each run behind their own sidecar."""
