@@ -87,6 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: Waiter[None] | None = None
         self._pumping = False
         self._received_any = False
+        self._surplus = False
         #: Loop time by which the response head must arrive (read by the deadline sweeper).
         self.deadline = 0.0
         self._reset_head()
@@ -145,6 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests += 1
         self._head_request = request.method == b"HEAD"
         self._response_done = False
+        self._surplus = False
         self._received_any = False
         waiter: Waiter[Response] = Waiter()
         self._waiter = waiter
@@ -230,14 +232,23 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
-            if self._head_request and self._response_done:
+            if self._surplus:
+                # More bytes than the one response: deliver that response, then drop this
+                # connection so the extra bytes can never answer someone else's request.
+                log.warning("%s sent bytes past the end of its response", self.pool.label)
+                self.pool.protocol_errors += 1
+                self._keep_alive = False
+            elif self._head_request and self._response_done:
                 self._parser = httptools.HttpResponseParser(self)
             else:
                 self._protocol_error("invalid response")
         except httptools.HttpParserError as exc:
             self._protocol_error(str(exc))
-        # The head is handed over only after the whole chunk is parsed, so a small response
-        # reaches the client in one write with its body.
+        if self.closed:
+            return
+        # The head is handed over, and the connection released, only after the whole chunk
+        # is parsed: a small response then reaches the client in one write with its body,
+        # and bytes past the response's end are seen before anyone can reuse the connection.
         response = self._parsed
         if response is not None:
             self._parsed = None
@@ -247,6 +258,8 @@ class UpstreamConnection(asyncio.Protocol):
                 waiter.set_result(response)
             elif response.body is not None:
                 response.body.abandon()  # nobody waits any more (timed out): drop it
+        if self._response_done:
+            self._maybe_release()
 
     def _protocol_error(self, what: str) -> None:
         self.pool.protocol_errors += 1
@@ -267,6 +280,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._conn_tokens: list[bytes] = []
 
     def on_message_begin(self) -> None:
+        if self._response_done:
+            self._surplus = True
+            raise ValueError("a response with no request outstanding")
         self._reset_head()
 
     def on_status(self, reason: bytes) -> None:
@@ -330,4 +346,3 @@ class UpstreamConnection(asyncio.Protocol):
             self._body = None
             body.finish()
         self._response_done = True
-        self._maybe_release()

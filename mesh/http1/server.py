@@ -227,22 +227,23 @@ class ServerConnection(asyncio.Protocol):
             self._head_bytes += len(data)
         else:
             self._body_progress = self.loop.time()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
-            self._fail(self._stop_error or BadRequest("request rejected"))
-            return
-        except httptools.HttpParserUpgrade as upgrade:
-            # Upgrade was stripped (carried only where a tunnel is configured): the request
-            # goes on as plain HTTP/1.1 and parsing continues on a fresh parser.
-            self._parser = httptools.HttpRequestParser(self)
-            rest = data[upgrade.args[0] :] if upgrade.args else b""
-            if rest:
-                self.data_received(rest)
-            return
-        except httptools.HttpParserError as exc:
-            self._fail(BadRequest(f"malformed request: {exc}"))
-            return
+        while True:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserCallbackError:
+                self._fail(self._stop_error or BadRequest("request rejected"))
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                # Upgrade is stripped (a tunnel is not this listener's job): the request goes
+                # on as plain HTTP/1.1 and parsing continues on a fresh parser.
+                self._parser = httptools.HttpRequestParser(self)
+                data = data[upgrade.args[0] :] if upgrade.args else b""
+                if data:
+                    continue
+            except httptools.HttpParserError as exc:
+                self._fail(BadRequest(f"malformed request: {exc}"))
+                return
+            break
         if self._phase == HEAD and self._head_bytes > self.limits.max_header_bytes:
             self._fail(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
         elif self._queue and not self.busy:
@@ -253,9 +254,16 @@ class ServerConnection(asyncio.Protocol):
         """Stop reading; the error is answered after the responses already due."""
         if self._stop_error is None or self._stop_error is error:
             self._stop_error = error
-        if self._parsing_body is not None:
-            self._parsing_body.fail(error)
+        body = self._parsing_body
+        if body is not None:
             self._parsing_body = None
+            body.fail(error)
+            # A request whose body broke before it was dispatched is never sent upstream:
+            # the error answers it instead.
+            for item in self._queue:
+                if isinstance(item, Request) and item.body is body:
+                    self._queue.remove(item)
+                    break
         self._phase = IDLE
         if self.transport is not None and not self._reading_paused:
             self._reading_paused = True
@@ -275,6 +283,7 @@ class ServerConnection(asyncio.Protocol):
         self._rid: bytes | None = None
         self._expect = False
         self._count = 0
+        self._size = 0
 
     def _stop(self, error: MeshError) -> _Stop:
         self._stop_error = error
@@ -288,11 +297,20 @@ class ServerConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.limits.max_header_bytes:
+            raise self._stop(HeadersTooLarge("request target too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count += 1
         if self._count > self.limits.max_headers:
             raise self._stop(HeadersTooLarge(f"more than {self.limits.max_headers} headers"))
+        # The chunk-level count in data_received catches a head still arriving; this one is
+        # exact for a head that arrived whole.
+        self._size += len(name) + len(value) + 4
+        if self._size + len(self._url) > self.limits.max_header_bytes:
+            raise self._stop(
+                HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes")
+            )
         name = name.lower()
         kind = _SPECIAL.get(name)
         if kind is None:
