@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures_consul import consul_agent, consul_binary  # noqa: F401
 from tests.support.processes import MeshProcess
 
 
