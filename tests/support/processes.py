@@ -25,7 +25,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.02
+) -> None:
     """Poll `predicate` until true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -44,15 +46,20 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes
 
 
 def admin_json(port: int, path: str) -> Any:
-    status, _, body = http_get(f"http://127.0.0.1:{port}{path}")
+    _, _, body = http_get(f"http://127.0.0.1:{port}{path}")
     return json.loads(body)
 
 
 class MeshProcess:
     """A `mesh sidecar` (or other `mesh` subcommand) child process, stopped by its PID."""
 
-    def __init__(self, args: Sequence[str], log_dir: Path, name: str = "sidecar",
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_dir: Path,
+        name: str = "sidecar",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.args = list(args)
         self.name = name
         self.stdout_path = log_dir / f"{name}.out"
@@ -65,8 +72,14 @@ class MeshProcess:
             self.proc = subprocess.Popen([MESH, *self.args], stdout=out, stderr=err, env=full_env)
 
     @classmethod
-    def sidecar(cls, log_dir: Path, *args: str, name: str = "sidecar",
-                env: dict[str, str] | None = None, wait_ready: bool = True) -> MeshProcess:
+    def sidecar(
+        cls,
+        log_dir: Path,
+        *args: str,
+        name: str = "sidecar",
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+    ) -> MeshProcess:
         admin = free_port()
         proc = cls(["sidecar", "--admin", f"127.0.0.1:{admin}", *args], log_dir, name, env)
         if wait_ready:
@@ -75,7 +88,9 @@ class MeshProcess:
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited early ({self.proc.returncode}):\n{self.logs()}")
+            raise AssertionError(
+                f"{self.name} exited early ({self.proc.returncode}):\n{self.logs()}"
+            )
         try:
             status, _, _ = http_get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)
         except OSError:
