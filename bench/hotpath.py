@@ -14,21 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from discovery.endpoint import Endpoint, EndpointSet  # noqa: E402
-from mesh.cluster import Cluster  # noqa: E402
-from mesh.http1.client import UpstreamConnection  # noqa: E402
-from mesh.http1.pool import EndpointPool  # noqa: E402
-from mesh.http1.server import ConnectionTracker, ServerConnection  # noqa: E402
-from mesh.layers.route import Route  # noqa: E402
-from sidecar import stacks  # noqa: E402
-from sidecar.config import SidecarConfig  # noqa: E402
+from discovery.endpoint import Endpoint, EndpointSet
+from mesh.cluster import Cluster
+from mesh.http1.client import UpstreamConnection
+from mesh.http1.pool import EndpointPool
+from mesh.http1.server import ConnectionTracker, ServerConnection
+from mesh.layers.route import Route
+from sidecar import stacks
+from sidecar.config import SidecarConfig
 
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:15001\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (
@@ -152,8 +148,10 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
     us = uvloop.run(run(args.requests, args.connections))
-    print(f"{us:.2f} us CPU per request through one hop (no sockets), "
-          f"{args.noop_layers} no-op layers, {args.connections} connections")
+    print(
+        f"{us:.2f} us CPU per request through one hop (no sockets), "
+        f"{args.noop_layers} no-op layers, {args.connections} connections"
+    )
 
 
 if __name__ == "__main__":

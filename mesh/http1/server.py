@@ -49,6 +49,7 @@ _SPECIAL: dict[bytes, int] = {
     b"expect": _EXPECT,
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 IDLE, HEAD, BODY = 0, 1, 2
 
@@ -148,6 +149,7 @@ class ServerConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._parsing_body: Body | None = None
         self._body_progress = 0.0
+        self._valid_host = b""
         self._reset_head()
 
     # -- connection lifecycle -----------------------------------------------------------------
@@ -363,22 +365,27 @@ class ServerConnection(asyncio.Protocol):
 
     def _build_request(self) -> Request:
         parser = self._parser
-        version = parser.get_http_version().encode()
-        if version != b"1.1" and (version != b"1.0" or not self.limits.allow_http10):
-            raise BadRequest(f"HTTP/{version.decode()} is not supported")
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None or (version == b"1.0" and not self.limits.allow_http10):
+            raise BadRequest(f"HTTP/{parser.get_http_version()} is not supported")
         method: bytes = parser.get_method()
-        scheme, target, authority = split_target(method, self._url)
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:
+            scheme, target, authority = b"http", url, None
+        else:
+            scheme, target, authority = split_target(method, url)
         host = self._host
+        # Keep-alive clients repeat the same Host: check it once per connection.
+        if host is not None and host != self._valid_host:
+            if not valid_authority(host):
+                raise BadRequest("malformed Host header")
+            self._valid_host = host
         if authority is None:
             if host is None:
                 if version == b"1.1":
                     raise BadRequest("missing Host header")
                 host = b""
-            elif not valid_authority(host):
-                raise BadRequest("malformed Host header")
             authority = host
-        elif host is not None and not valid_authority(host):
-            raise BadRequest("malformed Host header")
         headers = self._headers
         keep_alive = parser.should_keep_alive()
         tokens = self._conn_tokens
@@ -497,30 +504,39 @@ class ServerConnection(asyncio.Protocol):
 
     async def _respond(self, request: Request | None, response: Response, keep_alive: bool) -> bool:
         """Write one response; False when the connection can no longer be used."""
-        sent = 0
-        error = ""
-        try:
-            sent, error = await self._write_response(request, response, keep_alive)
-        finally:
-            if request is not None and request.on_complete is not None:
-                for callback in request.on_complete:
-                    try:
-                        callback(request, response, sent, error)
-                    except Exception:
-                        log.exception("completion callback failed")
+        sent, error, stream = self._write_head(request, response, keep_alive)
+        if stream is not None:
+            chunked = response.content_length is None and (
+                request is None or request.version == b"1.1"
+            )
+            sent = await self._stream_body(stream, chunked)
+            if sent < 0:
+                sent, error = -sent - 1, "response-aborted"
+            elif response.content_length is not None and sent != response.content_length:
+                self.abort("response body length did not match its Content-Length")
+                error = "response-aborted"
+        if request is not None and request.on_complete is not None:
+            for callback in request.on_complete:
+                try:
+                    callback(request, response, sent, error)
+                except Exception:
+                    log.exception("completion callback failed")
         return not error
 
-    async def _write_response(
+    def _write_head(
         self, request: Request | None, response: Response, keep_alive: bool
-    ) -> tuple[int, str]:
+    ) -> tuple[int, str, Body | None]:
+        """Write the head, and the body when it is already complete and not chunked.
+
+        Returns (body bytes sent, error, body still to stream or None). Most responses
+        end here, in one write, without a further wait.
+        """
         transport = self.transport
         assert transport is not None
         status = response.status
         head_only = bodyless_status(status) or (request is not None and request.method == b"HEAD")
         body = response.body
         length = response.content_length
-        version11 = request is None or request.version == b"1.1"
-        chunked = False
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason)]
         if response.headers:
             lines.append(serialize_headers(response.headers))
@@ -528,8 +544,7 @@ class ServerConnection(asyncio.Protocol):
             if status != 204 and status >= 200:
                 lines.append(b"content-length: %d\r\n" % length)
         elif not head_only and body is not None:
-            if version11:
-                chunked = True
+            if request is None or request.version == b"1.1":
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
                 keep_alive = False  # close-delimited for an HTTP/1.0 client
@@ -545,20 +560,16 @@ class ServerConnection(asyncio.Protocol):
             if body is not None and not body.at_eof:
                 body.abandon()
             transport.write(head)
-            return 0, ""
-        if body.at_eof and not chunked:
+            return 0, "", None
+        if length is not None and body.at_eof:
             data = body.take_all()
             transport.write(head + data)
-            sent = len(data)
-        else:
-            transport.write(head)
-            sent = await self._stream_body(body, chunked)
-            if sent < 0:
-                return -sent - 1, "response-aborted"
-        if length is not None and sent != length:
-            self.abort("response body length did not match its Content-Length")
-            return sent, "response-aborted"
-        return sent, ""
+            if len(data) != length:
+                self.abort("response body length did not match its Content-Length")
+                return len(data), "response-aborted", None
+            return len(data), "", None
+        transport.write(head)
+        return 0, "", body
 
     async def _stream_body(self, body: Body, chunked: bool) -> int:
         """Copy the body downstream; returns bytes sent, or -(sent+1) when aborted."""
