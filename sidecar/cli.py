@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +102,24 @@ def sidecar(config_file: Path | None, **flags: Any) -> None:
     """Run one sidecar in front of (inbound) and behind (outbound) a local app."""
     config = load_config(config_file, **flags)
     setup_logging(config.log_level)
-    try:
+    with startup_errors():
         run_async(_serve_until_signal, config)
-    except CatalogError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
+
+
+@contextlib.contextmanager
+def startup_errors() -> Iterator[None]:
+    """Start-up failures (a port in use, a bad catalog) end with one clear line, exit 1."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        found = group.subgroup((OSError, CatalogError))
+        if found is None:
+            raise
+        first = found.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise click.ClickException(f"cannot start: {first}") from None
+    except (OSError, CatalogError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
@@ -139,7 +154,8 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
         flags["proxy_port"] = 0
     config = load_config(config_file, **flags)
     setup_logging(config.log_level)
-    code = run_async(run_attached, config, list(command))
+    with startup_errors():
+        code = run_async(run_attached, config, list(command))
     sys.exit(code)
 
 
