@@ -7,6 +7,7 @@ and to metrics, so a word means exactly one thing across the whole project:
     MeshError
     ├── BadRequest            400 bad-request           malformed or smuggling-shaped request
     ├── NotImplementedByProxy 501 not-implemented       valid HTTP the proxy does not carry
+    ├── PassthroughDenied     403 passthrough-denied    proxy mode: a non-mesh host, passthrough off
     ├── Forbidden             403 forbidden
     ├── RequestTimeout        408 request-timeout       client too slow sending head or body
     ├── BodyTooLarge          413 body-too-large
@@ -47,6 +48,10 @@ class BadRequest(MeshError):
 
 class NotImplementedByProxy(MeshError):
     status, reason = 501, "not-implemented"
+
+
+class PassthroughDenied(MeshError):
+    status, reason = 403, "passthrough-denied"
 
 
 class Forbidden(MeshError):

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+import mesh
 from discovery.endpoint import Endpoint, EndpointSet
 from discovery.resolver import Resolver
 from discovery.static import StaticResolver, parse_address
@@ -162,6 +163,7 @@ class Sidecar:
                 )
             await self._listen("admin", "admin", config.admin, Admin(self))
             self._started = True
+            log.info("data path: %s", "compiled (mypyc)" if mesh.compiled() else "pure Python")
             task_status.started(self)
             await self._stop.wait()
             await self.drain(("inbound", "outbound", "admin"))

@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
+import mesh
 from tests.support.fixtures_consul import consul_agent, consul_binary  # noqa: F401
 from tests.support.processes import MeshProcess
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = mesh.stale_extensions()
+    if stale:
+        pytest.exit(
+            "compiled modules are older than their sources (run scripts/bootstrap to rebuild): "
+            + ", ".join(stale),
+            returncode=2,
+        )
 
 
 @pytest.fixture

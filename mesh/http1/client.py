@@ -103,9 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        waiter = self._waiter
-        if waiter is not None:
-            waiter.set_exception(UpstreamReset("upstream closed the connection before a response"))
+        self._fail_waiter(UpstreamReset("upstream closed the connection before a response"))
         body = self._body
         if body is not None:
             self._body = None
@@ -134,9 +132,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def expire(self) -> None:
         """The deadline passed before the response head arrived."""
-        waiter = self._waiter
+        self._fail_waiter(UpstreamTimeout(f"no response from {self.pool.label} in time"))
+
+    def _fail_waiter(self, error: MeshError) -> None:
+        # Every resolver clears `_waiter` before resolving: once a connection is released,
+        # the next exchange may set its own, and nothing may clear that one by mistake.
+        waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            waiter.set_exception(UpstreamTimeout(f"no response from {self.pool.label} in time"))
+            waiter.set_exception(error)
 
     # -- the exchange -------------------------------------------------------------------------
     async def exchange(self, head: bytes, request: Request, deadline: float | None) -> Response:
@@ -176,9 +179,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             raise
         finally:
-            # The connection may already serve the next exchange (released on completion).
-            if self._waiter is waiter:
-                self._waiter = None
             if deadline is not None:
                 SWEEPER.waiting.discard(self)
 
@@ -197,7 +197,10 @@ class UpstreamConnection(asyncio.Protocol):
             if chunked:
                 transport.write(b"0\r\n\r\n")
         except MeshError as exc:
+            # The client's body broke (malformed chunk, client gone): the caller hears the
+            # client's fault, not an upstream reset, and the half-sent request is dropped.
             log.debug("request body failed: %s", exc.detail)
+            self._fail_waiter(exc)
             self.abort()
             return
         except ConnectionAbortedError:
@@ -264,9 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _protocol_error(self, what: str) -> None:
         self.pool.protocol_errors += 1
         error = UpstreamProtocolError(f"upstream sent a malformed response: {what}")
-        waiter = self._waiter
-        if waiter is not None:
-            waiter.set_exception(error)
+        self._fail_waiter(error)
         if self._body is not None:
             self._body.fail(error)
             self._body = None

@@ -30,12 +30,14 @@ def check_transfer_encoding(value: bytes) -> None:
 
 def split_target(method: bytes, url: bytes) -> tuple[bytes, bytes, bytes | None]:
     """Return (scheme, origin-form target, authority from an absolute-form URI or None)."""
+    if method == b"CONNECT":
+        if url[:1] == b"/" or url == b"*" or b"/" in url:
+            raise BadRequest("CONNECT needs an authority-form target (host:port)")
+        raise NotImplementedByProxy("CONNECT tunnels are not supported on this listener")
     if url[:1] == b"/":
         if b"#" in url:
             raise BadRequest("fragment in request target")
         return b"http", url, None
-    if method == b"CONNECT":
-        raise NotImplementedByProxy("CONNECT tunnels are not supported on this listener")
     if url == b"*":
         if method != b"OPTIONS":
             raise BadRequest("asterisk-form target is only valid for OPTIONS")

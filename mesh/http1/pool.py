@@ -10,11 +10,14 @@ import asyncio
 import ssl
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from mesh.errors import UpstreamConnectFailed
 from mesh.http1.client import UpstreamConnection
 from mesh.policy import PoolPolicy
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # bench/hotpath.py plays the network
 class EndpointPool:
     def __init__(
         self,

@@ -57,6 +57,10 @@ IDLE, HEAD, BODY = 0, 1, 2
 class _Stop(Exception):
     """Raised inside a parser callback to abandon parsing with a MeshError."""
 
+    def __init__(self, error: MeshError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
 
 class ConnectionTracker:
     """Every connection of one listener: the connection limit, timeout sweeps and drain."""
@@ -232,8 +236,10 @@ class ServerConnection(asyncio.Protocol):
         while True:
             try:
                 self._parser.feed_data(data)
-            except httptools.HttpParserCallbackError:
-                self._fail(self._stop_error or BadRequest("request rejected"))
+            except httptools.HttpParserCallbackError as exc:
+                # httptools chains the callback's own exception as the context.
+                stop = exc.__context__
+                self._fail(stop.error if isinstance(stop, _Stop) else BadRequest("bad request"))
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 # Upgrade is stripped (a tunnel is not this listener's job): the request goes
@@ -288,8 +294,7 @@ class ServerConnection(asyncio.Protocol):
         self._size = 0
 
     def _stop(self, error: MeshError) -> _Stop:
-        self._stop_error = error
-        return _Stop()
+        return _Stop(error)
 
     def on_message_begin(self) -> None:
         self._reset_head()
@@ -370,7 +375,7 @@ class ServerConnection(asyncio.Protocol):
             raise BadRequest(f"HTTP/{parser.get_http_version()} is not supported")
         method: bytes = parser.get_method()
         url = self._url
-        if url[:1] == b"/" and b"#" not in url:
+        if url[:1] == b"/" and b"#" not in url and method != b"CONNECT":
             scheme, target, authority = b"http", url, None
         else:
             scheme, target, authority = split_target(method, url)
@@ -478,11 +483,12 @@ class ServerConnection(asyncio.Protocol):
             response = await self.handler.handle(item)
         except Exception as exc:  # the stack's rescue layer should have caught it
             response = error_response(exc)
+        # A parse error queued behind this request is answered next, then the connection
+        # closes; this response itself stays keep-alive.
         keep = (
             item.keep_alive
             and not self.tracker.draining
             and (item.body is None or item.body.at_eof)
-            and self._stop_error is None
         )
         ok = await self._respond(item, response, keep)
         return ok and keep

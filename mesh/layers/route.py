@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mesh.errors import MeshError
+from mesh.errors import PassthroughDenied
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
-
-
-class PassthroughDenied(MeshError):
-    status, reason = 403, "passthrough-denied"
 
 
 class ServiceStacks(Protocol):

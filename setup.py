@@ -1,0 +1,56 @@
+"""Compiles the data path's hot modules with mypyc (all other metadata is in pyproject.toml).
+
+mypyc turns the typed modules below into C extensions: the same source, about 40 % less CPU
+per proxied request (bench/hotpath.py). Set MESH_PURE_PYTHON=1 to install without
+compiling; everything works the same, only slower.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+
+HOT_MODULES = [
+    "mesh/inline.py",
+    "mesh/stack.py",
+    "mesh/cluster.py",
+    "mesh/balance.py",
+    "mesh/http1/body.py",
+    "mesh/http1/message.py",
+    # Not parse.py: httptools' stubs declare URL parts as bytes where they may be None,
+    # and compiled code enforces declared types.
+    "mesh/http1/deadlines.py",
+    "mesh/http1/server.py",
+    "mesh/http1/client.py",
+    "mesh/http1/pool.py",
+    "mesh/layers/rescue.py",
+    "mesh/layers/access_log.py",
+    "mesh/layers/forwarding.py",
+    "mesh/layers/route.py",
+    "mesh/layers/passthrough.py",
+    "mesh/layers/deadline.py",
+    "mesh/layers/balance.py",
+    "mesh/layers/connect.py",
+    "mesh/layers/noop.py",
+]
+
+
+def extensions() -> list:
+    if os.environ.get("MESH_PURE_PYTHON"):
+        return []
+    from mypyc.build import mypycify
+
+    # The project's mypy settings load plugins the isolated build env lacks; the hot
+    # modules need none of them.
+    return mypycify(["--config-file", os.devnull, *HOT_MODULES], opt_level="3")
+
+
+if __name__ == "__main__":
+    try:
+        ext_modules = extensions()
+    except Exception as exc:  # a missing compiler must not stop the install
+        print(f"warning: not compiling the data path ({exc}); pure Python it is", file=sys.stderr)
+        ext_modules = []
+    setup(ext_modules=ext_modules)
