@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -27,7 +28,18 @@ def setup_logging(level: str) -> None:
     )
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper collections: the data path allocates many short-lived objects and
+    almost no cycles, while start-up leaves a large, permanent object graph behind.
+    `freeze` moves that graph out of the collector's sight; a higher first threshold cuts
+    young collections (and the p99 stalls they cause) several fold."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def run_async(main: Any, *args: Any) -> Any:
+    tune_gc()
     try:
         import uvloop  # noqa: F401
 
