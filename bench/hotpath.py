@@ -137,6 +137,10 @@ def main() -> None:
     os.environ["MESH_BENCH_NOOP_LAYERS"] = str(args.noop_layers)
     import uvloop
 
+    from sidecar.cli import tune_gc
+
+    tune_gc()  # as `mesh sidecar` does
+
     if args.profile:
         import cProfile
         import pstats

@@ -23,6 +23,7 @@ from discovery.endpoint import Endpoint, EndpointSet
 from discovery.resolver import Resolver
 from discovery.static import StaticResolver, parse_address
 from mesh.cluster import Cluster
+from mesh.http1.client import as_protocol
 from mesh.http1.deadlines import SWEEPER
 from mesh.http1.pool import EndpointPool
 from mesh.http1.server import ConnectionTracker, ServerConnection
@@ -102,7 +103,7 @@ class Sidecar:
         tracker = ConnectionTracker(self.config.limits.policy(), name)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: ServerConnection(handler, tracker),
+            lambda: as_protocol(ServerConnection(handler, tracker)),
             host,
             port,
             reuse_address=True,

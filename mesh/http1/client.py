@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -63,7 +63,13 @@ def request_head(request: Request) -> bytes:
     return b"".join(lines)
 
 
-class UpstreamConnection(asyncio.Protocol):
+def as_protocol(conn: object) -> asyncio.Protocol:
+    """Our connection classes are native (compiled) classes, so they cannot derive from
+    asyncio.Protocol; they implement its methods, which is all the event loop calls."""
+    return cast(asyncio.Protocol, conn)
+
+
+class UpstreamConnection:
     """HTTP/1.1 client side of one connection to one endpoint."""
 
     def __init__(self, pool: EndpointPool) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from mypy_extensions import mypyc_attr
 
 from mesh.errors import UpstreamConnectFailed
-from mesh.http1.client import UpstreamConnection
+from mesh.http1.client import UpstreamConnection, as_protocol
 from mesh.policy import PoolPolicy
 
 
@@ -75,7 +75,7 @@ class EndpointPool:
         # task, so the timeout cancels this task rather than using asyncio.timeout().
         connecting = asyncio.ensure_future(
             loop.create_connection(
-                lambda: UpstreamConnection(self),
+                lambda: as_protocol(UpstreamConnection(self)),
                 self.host,
                 self.port,
                 ssl=self.ssl_context,
@@ -84,7 +84,8 @@ class EndpointPool:
         )
         timer = loop.call_later(self.connect_timeout, connecting.cancel)
         try:
-            _, conn = await connecting
+            _, protocol = await connecting
+            conn = cast(UpstreamConnection, protocol)
         except asyncio.CancelledError:
             if not connecting.cancelled():
                 raise

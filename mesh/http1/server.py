@@ -127,7 +127,7 @@ class ConnectionTracker:
         return len(conns)
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection:
     """HTTP/1.1 server side of one client connection."""
 
     def __init__(self, handler: Handler, tracker: ConnectionTracker, scheme: bytes = b"http"):
