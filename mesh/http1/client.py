@@ -16,7 +16,7 @@ import httptools
 from mesh.errors import MeshError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from mesh.http1.body import Body
 from mesh.http1.deadlines import SWEEPER
-from mesh.http1.message import Request, Response, bodyless_status, serialize_headers
+from mesh.http1.message import CRLF, Request, Response, append_headers, bodyless_status
 from mesh.inline import Inline, Waiter
 
 if TYPE_CHECKING:
@@ -45,16 +45,8 @@ class _HeadResponseDone(Exception):
 
 def request_head(request: Request) -> bytes:
     """Serialise a request head for the upstream, framing re-derived from our own parse."""
-    lines = [
-        request.method
-        + b" "
-        + request.target
-        + b" HTTP/1.1\r\nhost: "
-        + request.authority
-        + b"\r\n"
-    ]
-    if request.headers:
-        lines.append(serialize_headers(request.headers))
+    lines = [request.method, b" ", request.target, b" HTTP/1.1\r\nhost: ", request.authority, CRLF]
+    append_headers(lines, request.headers)
     if request.content_length is not None:
         lines.append(b"content-length: %d\r\n" % request.content_length)
     elif request.body is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from mesh.http1.body import Body
 
 Headers = list[tuple[bytes, bytes]]
+CRLF = b"\r\n"
 #: Called once a response is written or aborted: (request, response, body bytes sent, error).
 Completion = Callable[["Request", "Response | None", int, str], None]
 
@@ -171,7 +172,10 @@ def bodyless_status(status: int) -> bool:
     return status < 200 or status == 204 or status == 304
 
 
-def serialize_headers(headers: Headers) -> bytes:
-    if not headers:
-        return b""
-    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
+def append_headers(parts: list[bytes], headers: Headers) -> None:
+    """Add header lines to `parts`, to be joined once with the rest of the head."""
+    for name, value in headers:
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")

@@ -17,7 +17,7 @@ import httptools
 
 from mesh.errors import BadRequest, HeadersTooLarge, MeshError, RequestTimeout
 from mesh.http1.body import Body
-from mesh.http1.message import Request, Response, bodyless_status, serialize_headers
+from mesh.http1.message import Request, Response, append_headers, bodyless_status
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
 from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
@@ -544,8 +544,7 @@ class ServerConnection:
         body = response.body
         length = response.content_length
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason)]
-        if response.headers:
-            lines.append(serialize_headers(response.headers))
+        append_headers(lines, response.headers)
         if length is not None:
             if status != 204 and status >= 200:
                 lines.append(b"content-length: %d\r\n" % length)

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from random import getrandbits
+import os
 
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
 
+class RequestIds:
+    """Request ids: 32 hex digits (the shape of a W3C trace id), unique, cheap.
+
+    A random 64-bit prefix per process and a counter: uniqueness is what an id needs, and
+    formatting a small counter costs a fraction of formatting 128 fresh random bits.
+    """
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(8).hex().encode()
+        self.count = 0
+
+    def next(self) -> bytes:
+        self.count += 1
+        return self.prefix + b"%016x" % self.count
+
+
+_IDS = RequestIds()
+
+
 def new_request_id() -> bytes:
-    """128 random bits as 32 hex digits (the shape of a W3C trace id)."""
-    return b"%032x" % getrandbits(128)
+    return _IDS.next()
 
 
 class ForwardedHeaders:
