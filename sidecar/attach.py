@@ -21,6 +21,7 @@ from anyio.abc import Process
 
 from sidecar.config import SidecarConfig
 from sidecar.runtime import Sidecar
+from sidecar.signals import stop_on_signals
 
 log = logging.getLogger("sidecar.attach")
 
@@ -58,9 +59,19 @@ def exit_code(returncode: int) -> int:
 
 async def run_attached(config: SidecarConfig, command: Sequence[str]) -> int:
     sidecar = Sidecar(config)
+    stop_requested = anyio.Event()
     async with anyio.create_task_group() as tg:
+        await tg.start(stop_on_signals, stop_requested.set)
         await tg.start(sidecar.serve)
-        await wait_ready(sidecar)
+        with anyio.move_on_after(None) as waiting:
+            tg.start_soon(_cancel_when, stop_requested, waiting)
+            await wait_ready(sidecar)
+        if stop_requested.is_set():
+            log.info("stopped before the app was started")
+            sidecar.request_stop()
+            await sidecar.wait_stopped()
+            tg.cancel_scope.cancel()
+            return 0
         env = app_environment(sidecar.port_of("proxy"))
         try:
             process = await anyio.open_process(
@@ -69,23 +80,20 @@ async def run_attached(config: SidecarConfig, command: Sequence[str]) -> int:
         except OSError as exc:
             log.error("cannot start %s: %s", command[0], exc)
             sidecar.request_stop()
+            await sidecar.wait_stopped()
+            tg.cancel_scope.cancel()
             return 127
         log.info("started %s (pid %d)", command[0], process.pid)
-        stop_requested = anyio.Event()
-
-        async def on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("received %s: draining inbound", signal.Signals(signum).name)
-                    stop_requested.set()
-                    return
-
-        tg.start_soon(on_signal)
         code = await _supervise(sidecar, process, stop_requested)
         sidecar.request_stop()
         await sidecar.wait_stopped()
         tg.cancel_scope.cancel()
     return code
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _supervise(sidecar: Sidecar, process: Process, stop_requested: anyio.Event) -> int:

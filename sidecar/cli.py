@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import click
 
 from discovery.static import CatalogError
 from sidecar.config import ConfigError, SidecarConfig, build, parse_upstream_flag
+from sidecar.signals import stop_on_signals
 
 log = logging.getLogger("sidecar")
 
@@ -95,8 +95,8 @@ def sidecar_options(fn: Any) -> Any:
 
 
 def load_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
-    flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())
     try:
+        flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())
         return build(config_file, flags)
     except ConfigError as exc:
         raise click.ClickException(f"config error: {exc}") from None
@@ -140,16 +140,9 @@ async def _serve_until_signal(config: SidecarConfig) -> None:
 
     sidecar = Sidecar(config)
     async with anyio.create_task_group() as tg:
+        # Signals are handled from the start: a SIGTERM during start-up is a clean stop too.
+        await tg.start(stop_on_signals, sidecar.request_stop)
         await tg.start(sidecar.serve)
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("received %s: draining", signal.Signals(signum).name)
-                    sidecar.request_stop()
-                    return
-
-        tg.start_soon(stop_on_signal)
         log.info("ready")
         await sidecar.wait_stopped()
         tg.cancel_scope.cancel()

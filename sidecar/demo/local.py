@@ -25,6 +25,7 @@ import httpcore
 from anyio.abc import Process
 
 from sidecar.demo.topology import ENTRY, SERVICES
+from sidecar.signals import stop_on_signals
 
 log = logging.getLogger("sidecar.demo")
 
@@ -62,13 +63,14 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-async def start_services(workdir: Path) -> list[Running]:
-    services = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
-    catalog = {"services": {s.name: [f"127.0.0.1:{s.inbound}"] for s in services}}
+async def start_services(workdir: Path, services: list[Running]) -> None:
+    """Start every service; `services` grows as they start, so a stop midway finds them."""
+    planned = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
+    catalog = {"services": {s.name: [f"127.0.0.1:{s.inbound}"] for s in planned}}
     catalog_path = workdir / "catalog.json"
     catalog_path.write_text(json.dumps(catalog, indent=2))
     mesh = str(Path(sys.executable).with_name("mesh"))
-    for spec, run in zip(SERVICES, services, strict=True):
+    for spec, run in zip(SERVICES, planned, strict=True):
         env = {**os.environ, "DEMO_SERVICE": run.name, "DEMO_PORT": str(run.app_port),
                "DEMO_CALLS": ",".join(spec.calls)}  # fmt: skip
         command = [
@@ -82,9 +84,9 @@ async def start_services(workdir: Path) -> list[Running]:
         run.process = await anyio.open_process(
             command, stdin=None, stdout=log_file, stderr=log_file, env=env
         )
+        services.append(run)
         say(f"  started {run.name:<10} sidecar :{run.inbound}  app :{run.app_port}  "
             f"admin :{run.admin}  (pid {run.process.pid})")  # fmt: skip
-    return services
 
 
 async def wait_ready(services: list[Running], pool: httpcore.AsyncConnectionPool) -> None:
@@ -179,29 +181,33 @@ async def run_demo(duration: float, rps: float) -> int:
     say(f"== mesh demo: {len(SERVICES)} services, each behind its sidecar (logs in {workdir})")
     services: list[Running] = []
     stats = Stats()
-    async with httpcore.AsyncConnectionPool(max_connections=16) as pool:
-        try:
-            services = await start_services(workdir)
-            await wait_ready(services, pool)
-            say(f"== sending {rps:g} req/s to {ENTRY}; Ctrl-C to stop\n")
-            entry = next(s for s in services if s.name == ENTRY)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(load, entry, rps, stats, pool)
-                tg.start_soon(live_view, services, stats, pool)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as outer:
+        # Signals first: Ctrl-C or SIGTERM at any moment, start-up included, stops cleanly.
+        await outer.start(stop_on_signals, stop.set)
+        async with httpcore.AsyncConnectionPool(max_connections=16) as pool:
+            try:
+                with anyio.CancelScope() as running:
+                    outer.start_soon(_cancel_when, stop, running)
+                    await start_services(workdir, services)
+                    await wait_ready(services, pool)
+                    say(f"== sending {rps:g} req/s to {ENTRY}; Ctrl-C to stop\n")
+                    entry = next(s for s in services if s.name == ENTRY)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(load, entry, rps, stats, pool)
+                        tg.start_soon(live_view, services, stats, pool)
+                        with anyio.move_on_after(duration if duration > 0 else None):
+                            await stop.wait()
+                        tg.cancel_scope.cancel()
+                if stats.sent:
+                    await summary(services, stats, pool)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await stop_all(services)
+        outer.cancel_scope.cancel()
+    return 0 if stats.ok or stop.is_set() else 1
 
-                async def stop_on_signal() -> None:
-                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for _ in signals:
-                            return
 
-                if duration > 0:
-                    with anyio.move_on_after(duration):
-                        await stop_on_signal()
-                else:
-                    await stop_on_signal()
-                tg.cancel_scope.cancel()
-            await summary(services, stats, pool)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await stop_all(services)
-    return 0 if stats.ok else 1
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
