@@ -36,8 +36,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 TOKEN = "7f3c2a9e-secret-token-value"
 
 
-
-
 @pytest.fixture
 async def client(consul_agent: ConsulAgent) -> AsyncIterator[AsyncConsul]:
     async with AsyncConsul.from_url(consul_agent.http_addr) as consul:
