@@ -42,9 +42,11 @@ def extensions() -> list:
         return []
     from mypyc.build import mypycify
 
-    # The project's mypy settings load plugins the isolated build env lacks; the hot
-    # modules need none of them.
-    return mypycify(["--config-file", os.devnull, *HOT_MODULES], opt_level="3")
+    # The project's mypy settings load plugins the isolated build env lacks (the hot
+    # modules need none), and a cache left in the work tree must not stand in for the
+    # build requirements: types come from the packages pyproject's build-system lists.
+    options = ["--config-file", os.devnull, "--cache-dir", os.devnull]
+    return mypycify([*options, *HOT_MODULES], opt_level="3")
 
 
 if __name__ == "__main__":

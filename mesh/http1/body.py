@@ -7,44 +7,45 @@ consumer has taken the buffer. This is how a 1 GiB body crosses the proxy in bou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from mesh.inline import Waiter
 
 HIGH_WATER = 256 * 1024
 
 
+class Producer(Protocol):
+    """The connection a body arrives on (passed whole: no bound methods per body)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def abandoned(self) -> None:
+        """The reader gave up on the body: stop producing it (drop the connection)."""
+
+
 class Body:
     __slots__ = (
-        "_abort",
         "_chunks",
         "_done",
         "_error",
-        "_pause",
         "_paused",
-        "_resume",
+        "_producer",
         "_size",
         "_waiter",
         "high_water",
         "received",
     )
 
-    def __init__(
-        self,
-        pause: Callable[[], None] | None = None,
-        resume: Callable[[], None] | None = None,
-        high_water: int = HIGH_WATER,
-        abort: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, producer: Producer | None = None, high_water: int = HIGH_WATER) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
         self._done = False
         self._error: BaseException | None = None
         self._waiter: Waiter[None] | None = None
-        self._pause = pause
-        self._resume = resume
+        self._producer = producer
         self._paused = False
-        self._abort = abort
         self.high_water = high_water
         #: Total bytes fed so far (for access logs and limits).
         self.received = 0
@@ -65,9 +66,9 @@ class Body:
         self.received += len(data)
         if self._waiter is not None:
             self._wake()
-        if self._size > self.high_water and not self._paused and self._pause is not None:
+        if self._size > self.high_water and not self._paused and self._producer is not None:
             self._paused = True
-            self._pause()
+            self._producer.pause_reading()
 
     def finish(self) -> None:
         self._done = True
@@ -106,8 +107,8 @@ class Body:
         self._size = 0
         if self._paused:
             self._paused = False
-            if self._resume is not None:
-                self._resume()
+            if self._producer is not None:
+                self._producer.resume_reading()
         return data
 
     async def read(self) -> bytes:
@@ -129,8 +130,8 @@ class Body:
         if not self._done:
             self._done = True
             self._error = ConnectionAbortedError("body abandoned by its reader")
-            if self._abort is not None:
-                self._abort()
+            if self._producer is not None:
+                self._producer.abandoned()
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body, or `OverflowError` once it passes `limit` bytes."""

@@ -119,6 +119,18 @@ class UpstreamConnection:
     def pause_writing(self) -> None:
         self._write_paused = True
 
+    # -- the response body's producer side (see Body) -------------------------------------
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abandoned(self) -> None:
+        self.abort()
+
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake_drain()
@@ -307,16 +319,15 @@ class UpstreamConnection:
             return  # interim (100 Continue, 103): not forwarded
         self._keep_alive = self._parser.should_keep_alive()
         headers = self._headers
-        listed = {t for t in self._conn_tokens if t not in (b"close", b"keep-alive")}
-        if listed:
-            headers = [(n, v) for n, v in headers if n not in listed]
+        if self._conn_tokens:
+            listed = {t for t in self._conn_tokens if t not in (b"close", b"keep-alive")}
+            if listed:
+                headers = [(n, v) for n, v in headers if n not in listed]
         no_body = self._head_request or bodyless_status(status)
         body: Body | None = None
         self._close_delimited = False
         if not no_body and (self._chunked or self._cl is None or self._cl > 0):
-            transport = self.transport
-            assert transport is not None
-            body = Body(transport.pause_reading, transport.resume_reading, abort=self.abort)
+            body = Body(self)
             self._close_delimited = not self._chunked and self._cl is None
             if self._close_delimited:
                 self._keep_alive = False

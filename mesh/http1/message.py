@@ -168,6 +168,20 @@ class Response:
         return f"<Response {self.status}>"
 
 
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """`HTTP/1.1 <status> <reason>\\r\\n`, formatted once per distinct pair (bounded)."""
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % key
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[key] = line
+    return line
+
+
 def bodyless_status(status: int) -> bool:
     return status < 200 or status == 204 or status == 304
 

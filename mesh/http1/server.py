@@ -17,7 +17,13 @@ import httptools
 
 from mesh.errors import BadRequest, HeadersTooLarge, MeshError, RequestTimeout
 from mesh.http1.body import Body
-from mesh.http1.message import Request, Response, append_headers, bodyless_status
+from mesh.http1.message import (
+    Request,
+    Response,
+    append_headers,
+    bodyless_status,
+    status_line,
+)
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
 from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
@@ -401,11 +407,11 @@ class ServerConnection:
         content_length: int | None = None
         body: Body | None = None
         if self._chunked:
-            body = Body(self._pause_reading, self._resume_reading)
+            body = Body(self)
         elif self._cl is not None:
             content_length = int(self._cl)
             if content_length:
-                body = Body(self._pause_reading, self._resume_reading)
+                body = Body(self)
         request = Request(
             method,
             target,
@@ -439,6 +445,16 @@ class ServerConnection:
             self._parsing_body = None
         self._phase = IDLE
         self._phase_since = self.loop.time()
+
+    # -- the request body's producer side (see Body) -------------------------------------
+    def pause_reading(self) -> None:
+        self._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._resume_reading()
+
+    def abandoned(self) -> None:
+        pass  # the connection closes after its response when a request body was left unread
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -543,7 +559,7 @@ class ServerConnection:
         head_only = bodyless_status(status) or (request is not None and request.method == b"HEAD")
         body = response.body
         length = response.content_length
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason)]
+        lines = [status_line(status, response.reason)]
         append_headers(lines, response.headers)
         if length is not None:
             if status != 204 and status >= 200:
