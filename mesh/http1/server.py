@@ -148,7 +148,7 @@ class ServerConnection:
         self.busy = False
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request | MeshError] = deque()
-        self._dispatching = False
+        self._idle_waiter: Waiter[None] | None = None
         self._stop_error: MeshError | None = None
         self._reading_paused = False
         self._write_paused = False
@@ -173,6 +173,7 @@ class ServerConnection:
             self.transport.abort()
             return
         self._phase_since = self.loop.time()
+        Inline.start(self._serve(), self._serve_done)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -182,6 +183,7 @@ class ServerConnection:
             body.fail(BadRequest("client closed the connection mid-body"))
             self._parsing_body = None
         self._wake_drain()
+        self._dispatch()  # an idle serving loop sees `closed` and ends
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -260,7 +262,7 @@ class ServerConnection:
             break
         if self._phase == HEAD and self._head_bytes > self.limits.max_header_bytes:
             self._fail(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
-        elif self._queue and not self.busy:
+        elif self._queue:
             # Dispatch after the whole chunk is parsed, so a small body is complete by then.
             self._dispatch()
 
@@ -472,54 +474,63 @@ class ServerConnection:
             self._body_progress = self.loop.time()
             self.transport.resume_reading()
 
-    # -- dispatch: one request at a time, driven inline ---------------------------------------
+    # -- the connection's one coroutine, driven inline ----------------------------------------
     def _dispatch(self) -> None:
-        """Start queued requests in order; loops rather than recursing when one ends at once."""
-        if self._dispatching:
-            return
-        self._dispatching = True
-        try:
-            while self._queue and not self.busy and not self.closed:
-                item = self._queue.popleft()
-                if self._reading_paused and self._parsing_body is None:
-                    self._resume_reading()
-                self.busy = True
-                Inline.start(self._exchange(item), self._exchange_done)
-        finally:
-            self._dispatching = False
+        """Something is queued (a request, or an error to answer): wake the serving loop."""
+        waiter = self._idle_waiter
+        if waiter is not None:
+            self._idle_waiter = None
+            waiter.set_result(None)
 
-    async def _exchange(self, item: Request | MeshError) -> bool:
-        """Handle one request and write its response; True when the connection stays open."""
-        if isinstance(item, MeshError):
-            if item.status == 408 and self._nothing_started():
-                return False  # an idle keep-alive expiring is not worth a 408
-            await self._respond(None, error_response(item), keep_alive=False)
-            return False
-        try:
-            response = await self.handler.handle(item)
-        except Exception as exc:  # the stack's rescue layer should have caught it
-            response = error_response(exc)
-        # A parse error queued behind this request is answered next, then the connection
-        # closes; this response itself stays keep-alive.
-        keep = (
-            item.keep_alive
-            and not self.tracker.draining
-            and (item.body is None or item.body.at_eof)
-        )
-        ok = await self._respond(item, response, keep)
-        return ok and keep
+    async def _serve(self) -> None:
+        """Answer queued requests in order, one at a time, for the connection's whole life.
 
-    def _exchange_done(self, keep_open: bool | None, error: BaseException | None) -> None:
+        One coroutine per connection rather than one per request: a request then costs no
+        coroutine, driver or completion of its own, only a resumption.
+        """
+        while True:
+            while not self._queue:
+                if self.closed:
+                    return
+                waiter: Waiter[None] = Waiter()
+                self._idle_waiter = waiter
+                await waiter
+            item = self._queue.popleft()
+            if self._reading_paused and self._parsing_body is None:
+                self._resume_reading()
+            if isinstance(item, MeshError):
+                if not (item.status == 408 and self._nothing_started()):
+                    # An idle keep-alive expiring is not worth a 408; anything else is.
+                    self.busy = True
+                    await self._respond(None, error_response(item), keep_alive=False)
+                self.close()
+                return
+            self.busy = True
+            try:
+                response = await self.handler.handle(item)
+            except Exception as exc:  # the stack's rescue layer should have caught it
+                response = error_response(exc)
+            # A parse error queued behind this request is answered next, then the
+            # connection closes; this response itself stays keep-alive.
+            keep = (
+                item.keep_alive
+                and not self.tracker.draining
+                and (item.body is None or item.body.at_eof)
+            )
+            ok = await self._respond(item, response, keep)
+            self.busy = False
+            if not (ok and keep) or (self.tracker.draining and not self._queue):
+                self.close()
+                return
+            self._phase_since = self.loop.time()
+
+    def _serve_done(self, _: None, error: BaseException | None) -> None:
         self.busy = False
         if error is not None:
+            log.error("connection from %s failed", self.peer, exc_info=error)
+            self.abort("internal error")
             if not isinstance(error, Exception):
                 raise error
-            log.error("exchange failed on a connection from %s", self.peer, exc_info=error)
-        if not keep_open or (self.tracker.draining and not self._queue):
-            self.close()
-            return
-        self._phase_since = self.loop.time()
-        self._dispatch()
 
     def _nothing_started(self) -> bool:
         return self._head_bytes == 0 and not self._url
