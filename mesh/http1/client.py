@@ -16,7 +16,15 @@ import httptools
 from mesh.errors import MeshError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from mesh.http1.body import Body
 from mesh.http1.deadlines import SWEEPER
-from mesh.http1.message import CRLF, Request, Response, append_headers, bodyless_status
+from mesh.http1.message import (
+    CRLF,
+    END_TO_END,
+    HeaderNames,
+    Request,
+    Response,
+    append_headers,
+    bodyless_status,
+)
 from mesh.inline import Inline, Waiter
 
 if TYPE_CHECKING:
@@ -37,6 +45,9 @@ _SPECIAL = {
     b"upgrade": _DROP,
     b"proxy-authenticate": _DROP,
 }
+
+
+_NAMES = HeaderNames(_SPECIAL)
 
 
 class _HeadResponseDone(Exception):
@@ -297,12 +308,11 @@ class UpstreamConnection:
         self._reset_head()
 
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._reason = self._reason + reason if self._reason else reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        kind = _SPECIAL.get(name)
-        if kind is None:
+        name, kind = _NAMES.lookup(name)
+        if kind == END_TO_END:
             self._headers.append((name, value))
         elif kind == _CL:
             self._cl = int(value)

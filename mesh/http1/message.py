@@ -168,6 +168,38 @@ class Response:
         return f"<Response {self.status}>"
 
 
+#: `HeaderNames.lookup` kind for an ordinary end-to-end header.
+END_TO_END = -1
+
+
+class HeaderNames:
+    """Lower-case form and handling of each header-name spelling seen, remembered.
+
+    Peers repeat the same few names on every message: one dict hit replaces a `lower()`
+    (a new object per header), a second lookup and any per-name check. Bounded, so a
+    client inventing names only falls back to computing them.
+    """
+
+    def __init__(self, special: dict[bytes, int], reject: int | None = None) -> None:
+        self._special = special
+        #: Kind given to names with an underscore (a smuggling vector), when set.
+        self._reject = reject
+        self._known: dict[bytes, tuple[bytes, int]] = {}
+
+    def lookup(self, raw: bytes) -> tuple[bytes, int]:
+        hit = self._known.get(raw)
+        if hit is not None:
+            return hit
+        name = raw.lower()
+        kind = self._special.get(name, END_TO_END)
+        if kind == END_TO_END and self._reject is not None and b"_" in name:
+            kind = self._reject
+        entry = (name, kind)
+        if len(self._known) < 4096:
+            self._known[raw] = entry
+        return entry
+
+
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 

@@ -18,6 +18,8 @@ import httptools
 from mesh.errors import BadRequest, HeadersTooLarge, MeshError, RequestTimeout
 from mesh.http1.body import Body
 from mesh.http1.message import (
+    END_TO_END,
+    HeaderNames,
     Request,
     Response,
     append_headers,
@@ -36,7 +38,7 @@ log = logging.getLogger("mesh.http1.server")
 
 
 # What the head parser does with a header, by lower-case name; None means "end-to-end".
-_DROP, _HOST, _CL, _TE, _CONN, _XFF, _RID, _EXPECT = range(8)
+_DROP, _HOST, _CL, _TE, _CONN, _XFF, _RID, _EXPECT, _UNDERSCORE = range(9)
 _SPECIAL: dict[bytes, int] = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -54,6 +56,7 @@ _SPECIAL: dict[bytes, int] = {
     b"x-request-id": _RID,
     b"expect": _EXPECT,
 }
+_NAMES = HeaderNames(_SPECIAL, reject=_UNDERSCORE)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
@@ -311,7 +314,7 @@ class ServerConnection:
             self._phase_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url = self._url + url if self._url else url
         if len(self._url) > self.limits.max_header_bytes:
             raise self._stop(HeadersTooLarge("request target too long"))
 
@@ -326,12 +329,11 @@ class ServerConnection:
             raise self._stop(
                 HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes")
             )
-        name = name.lower()
-        kind = _SPECIAL.get(name)
-        if kind is None:
-            if b"_" in name:
-                raise self._stop(BadRequest("underscore in a header name"))
+        name, kind = _NAMES.lookup(name)
+        if kind == END_TO_END:
             self._headers.append((name, value))
+        elif kind == _UNDERSCORE:
+            raise self._stop(BadRequest("underscore in a header name"))
         elif kind == _HOST:
             if self._host is not None:
                 raise self._stop(BadRequest("more than one Host header"))
