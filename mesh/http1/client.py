@@ -94,8 +94,6 @@ class UpstreamConnection:
         self._keep_alive = True
         self._write_paused = False
         self._drain_waiter: Waiter[None] | None = None
-        self._pumping = False
-        self._received_any = False
         self._surplus = False
         #: Loop time by which the response head must arrive (read by the deadline sweeper).
         self.deadline = 0.0
@@ -171,7 +169,6 @@ class UpstreamConnection:
         self._head_request = request.method == b"HEAD"
         self._response_done = False
         self._surplus = False
-        self._received_any = False
         waiter: Waiter[Response] = Waiter()
         self._waiter = waiter
         body = request.body
@@ -187,7 +184,6 @@ class UpstreamConnection:
         else:
             self._request_done = False
             transport.write(head)
-            self._pumping = True
             Inline.start(self._send_body(body, request.content_length), self._pump_done)
         if deadline is not None:
             self.deadline = deadline
@@ -231,7 +227,6 @@ class UpstreamConnection:
         self._maybe_release()
 
     def _pump_done(self, _: None, error: BaseException | None) -> None:
-        self._pumping = False
         if error is not None:
             log.error("sending a request body to %s failed", self.pool.label, exc_info=error)
             self.abort()
@@ -252,7 +247,6 @@ class UpstreamConnection:
             self.pool.protocol_errors += 1
             self.abort()
             return
-        self._received_any = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:

@@ -304,9 +304,6 @@ class ServerConnection:
         self._count = 0
         self._size = 0
 
-    def _stop(self, error: MeshError) -> _Stop:
-        return _Stop(error)
-
     def on_message_begin(self) -> None:
         self._reset_head()
         if self._phase != HEAD:
@@ -316,37 +313,35 @@ class ServerConnection:
     def on_url(self, url: bytes) -> None:
         self._url = self._url + url if self._url else url
         if len(self._url) > self.limits.max_header_bytes:
-            raise self._stop(HeadersTooLarge("request target too long"))
+            raise _Stop(HeadersTooLarge("request target too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count += 1
         if self._count > self.limits.max_headers:
-            raise self._stop(HeadersTooLarge(f"more than {self.limits.max_headers} headers"))
+            raise _Stop(HeadersTooLarge(f"more than {self.limits.max_headers} headers"))
         # The chunk-level count in data_received catches a head still arriving; this one is
         # exact for a head that arrived whole.
         self._size += len(name) + len(value) + 4
         if self._size + len(self._url) > self.limits.max_header_bytes:
-            raise self._stop(
-                HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes")
-            )
+            raise _Stop(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
         name, kind = _NAMES.lookup(name)
         if kind == END_TO_END:
             self._headers.append((name, value))
         elif kind == _UNDERSCORE:
-            raise self._stop(BadRequest("underscore in a header name"))
+            raise _Stop(BadRequest("underscore in a header name"))
         elif kind == _HOST:
             if self._host is not None:
-                raise self._stop(BadRequest("more than one Host header"))
+                raise _Stop(BadRequest("more than one Host header"))
             self._host = value
         elif kind == _CL:
             self._cl = value
         elif kind == _TE:
             if self._chunked:
-                raise self._stop(BadRequest("repeated Transfer-Encoding"))
+                raise _Stop(BadRequest("repeated Transfer-Encoding"))
             try:
                 check_transfer_encoding(value)
             except MeshError as exc:
-                raise self._stop(exc) from None
+                raise _Stop(exc) from None
             self._chunked = True
         elif kind == _CONN:
             tokens = [t.strip().lower() for t in value.split(b",")]
@@ -362,7 +357,7 @@ class ServerConnection:
         try:
             request = self._build_request()
         except MeshError as exc:
-            raise self._stop(exc) from None
+            raise _Stop(exc) from None
         self._head_bytes = 0
         now = self.loop.time()
         if request.body is not None:
@@ -450,22 +445,16 @@ class ServerConnection:
         self._phase = IDLE
         self._phase_since = self.loop.time()
 
-    # -- the request body's producer side (see Body) -------------------------------------
-    def pause_reading(self) -> None:
-        self._pause_reading()
-
-    def resume_reading(self) -> None:
-        self._resume_reading()
-
+    # -- flow control; also the request body's producer side (see Body) -------------------
     def abandoned(self) -> None:
         pass  # the connection closes after its response when a request body was left unread
 
-    def _pause_reading(self) -> None:
+    def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
 
-    def _resume_reading(self) -> None:
+    def resume_reading(self) -> None:
         if (
             self._reading_paused
             and self._stop_error is None
@@ -499,7 +488,7 @@ class ServerConnection:
                 await waiter
             item = self._queue.popleft()
             if self._reading_paused and self._parsing_body is None:
-                self._resume_reading()
+                self.resume_reading()
             if isinstance(item, MeshError):
                 if not (item.status == 408 and self._nothing_started()):
                     # An idle keep-alive expiring is not worth a 408; anything else is.
