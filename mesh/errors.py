@@ -17,11 +17,24 @@ and to metrics, so a word means exactly one thing across the whole project:
     ├── UpstreamReset         502 upstream-reset        connection lost before a full response head
     ├── UpstreamProtocolError 502 upstream-protocol-error    upstream spoke broken HTTP
     ├── UpstreamTimeout       504 upstream-timeout
+    ├── UpstreamTlsFailed     502 upstream-tls-failed   TLS handshake with the peer failed
+    │                                                   (plaintext peer, untrusted chain)
+    ├── PeerIdentityMismatch  502 peer-identity-mismatch  the peer proved another identity
+    │                                                   than discovery said; nothing sent
     ├── LoopDetected          508 loop-detected         an endpoint resolves to this proxy
-    └── Draining              503 draining              shutting down, not taking new work
+    ├── Draining              503 draining              shutting down, not taking new work
+    ├── CircuitOpen           503 circuit-open          the service's only endpoint has its
+    │                                                   breaker open (or its one probe out)
+    ├── AllEndpointsEjected   503 all-endpoints-ejected every endpoint of a multi-endpoint
+    │                                                   service is ejected; fails fast
+    ├── RetryBudgetExhausted  503 retry-budget-exhausted  reserved: see the class
+    ├── BulkheadFull          503 bulkhead-full         concurrency limit reached and no room
+    │                                                   (or no time) to wait for a slot
+    └── FaultInjected         4xx/5xx fault-injected    an abort made on purpose (fault policy)
 
-Later layers add their own words (circuit-open, retry-budget-exhausted, bulkhead-full, ...)
-as subclasses here, never by reusing one of these.
+`never_sent` marks the errors raised before any byte of the request left this proxy: a retry
+of those is safe for any method. Later layers add their own words as subclasses here, never by
+reusing one of these.
 """
 
 from __future__ import annotations
@@ -93,6 +106,16 @@ class UpstreamTimeout(MeshError):
     status, reason = 504, "upstream-timeout"
 
 
+class UpstreamTlsFailed(MeshError):
+    status, reason = 502, "upstream-tls-failed"
+    never_sent = True
+
+
+class PeerIdentityMismatch(MeshError):
+    status, reason = 502, "peer-identity-mismatch"
+    never_sent = True
+
+
 class LoopDetected(MeshError):
     status, reason = 508, "loop-detected"
     never_sent = True
@@ -102,3 +125,66 @@ class Draining(MeshError):
     status, reason = 503, "draining"
     never_sent = True
     retry_after = 1
+
+
+class CircuitOpen(MeshError):
+    """The only endpoint a request could use has its breaker open, or its probe in flight.
+
+    Services with several endpoints answer `AllEndpointsEjected` instead: the word tells an
+    operator whether one endpoint or a whole set is out.
+    """
+
+    status, reason = 503, "circuit-open"
+    never_sent = True
+
+    def __init__(self, detail: str = "", retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class AllEndpointsEjected(MeshError):
+    """Every endpoint of the service is ejected: a fast 503, never routing into them."""
+
+    status, reason = 503, "all-endpoints-ejected"
+    never_sent = True
+
+    def __init__(self, detail: str = "", retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class RetryBudgetExhausted(MeshError):
+    """Reserved for a response made *because* the retry budget refused.
+
+    The Retry layer makes none: when the budget refuses a retry, the client gets the last
+    attempt's own answer (the upstream's response, or that attempt's error), since that is
+    what failed. The refusal is counted, and a proxy-made error says "not retried:
+    retry-budget-exhausted" in its detail; this word is never the `x-mesh-error` of a
+    response that some other failure caused.
+    """
+
+    status, reason = 503, "retry-budget-exhausted"
+    never_sent = True
+
+
+class BulkheadFull(MeshError):
+    """No free slot under the concurrency limit, and the wait queue was full or too slow."""
+
+    status, reason = 503, "bulkhead-full"
+    never_sent = True
+    retry_after = 1
+
+    def __init__(self, detail: str = "", retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class FaultInjected(MeshError):
+    """An abort injected on purpose (fault policy or a trusted fault header)."""
+
+    status, reason = 503, "fault-injected"
+    never_sent = True
+
+    def __init__(self, detail: str = "", status: int = 503) -> None:
+        super().__init__(detail)
+        self.status = status

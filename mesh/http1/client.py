@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -119,6 +120,13 @@ class UpstreamConnection:
             else:
                 body.fail(UpstreamReset("upstream closed the connection mid-body"))
         self._wake_drain()
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        transport = self.transport
+        if transport is None:
+            return None
+        obj: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        return obj
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:

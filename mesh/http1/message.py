@@ -66,6 +66,7 @@ class Request:
         "keep_alive",
         "method",
         "on_complete",
+        "peer_identity",
         "received_at",
         "request_id",
         "scheme",
@@ -104,6 +105,8 @@ class Request:
         self.scheme = scheme
         self.received_at = received_at
         self.forwarded_for: bytes | None = None
+        #: The caller's verified SPIFFE ID when it came over mTLS, else "".
+        self.peer_identity = ""
         self.request_id: bytes = b""
         #: Absolute loop time by which the whole exchange must finish (None: no deadline).
         self.deadline: float | None = None

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 
 from mypy_extensions import mypyc_attr
 
-from mesh.errors import UpstreamConnectFailed
+from mesh.errors import PeerIdentityMismatch, UpstreamConnectFailed, UpstreamTlsFailed
 from mesh.http1.client import UpstreamConnection, as_protocol
+from mesh.identity.tls import peer_identity
 from mesh.policy import PoolPolicy
 
 
@@ -25,16 +27,20 @@ class EndpointPool:
         port: int,
         policy: PoolPolicy,
         connect_timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
-        server_hostname: str | None = None,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        identity: str = "",
     ) -> None:
         self.host = host
         self.port = port
         self.label = f"{host}:{port}"
         self.policy = policy
         self.connect_timeout = connect_timeout
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname
+        #: The current client TLS context (it rotates), or None for plaintext.
+        self.tls = tls
+        #: The SPIFFE ID the peer must prove over TLS.
+        self.identity = identity
+        self.tls_failures = 0
+        self.identity_mismatches = 0
         self._idle: list[UpstreamConnection] = []
         self._all: set[UpstreamConnection] = set()
         self.connecting = 0
@@ -57,6 +63,8 @@ class EndpointPool:
             "opened": self.opened,
             "connect_failures": self.connect_failures,
             "protocol_errors": self.protocol_errors,
+            "tls_failures": self.tls_failures,
+            "identity_mismatches": self.identity_mismatches,
         }
 
     def take_idle(self) -> UpstreamConnection | None:
@@ -73,13 +81,16 @@ class EndpointPool:
         self.connecting += 1
         # A task per new connection (not per request): the data path runs without a current
         # task, so the timeout cancels this task rather than using asyncio.timeout().
+        context = self.tls() if self.tls is not None else None
         connecting = asyncio.ensure_future(
             loop.create_connection(
                 lambda: as_protocol(UpstreamConnection(self)),
                 self.host,
                 self.port,
-                ssl=self.ssl_context,
-                server_hostname=self.server_hostname if self.ssl_context else None,
+                ssl=context,
+                # SNI is informational here: peers are checked by SPIFFE ID below.
+                server_hostname="mesh" if context is not None else None,
+                ssl_handshake_timeout=self.connect_timeout if context is not None else None,
             )
         )
         timer = loop.call_later(self.connect_timeout, connecting.cancel)
@@ -98,6 +109,16 @@ class EndpointPool:
             raise UpstreamConnectFailed(
                 f"connect to {self.label} timed out after {self.connect_timeout:g}s"
             ) from None
+        except ssl.SSLError as exc:
+            self.tls_failures += 1
+            raise UpstreamTlsFailed(f"TLS with {self.label} failed: {exc.reason or exc}") from None
+        except ConnectionResetError as exc:
+            # A plaintext server resets or closes on a ClientHello: that is a TLS failure.
+            if context is None:
+                self.connect_failures += 1
+                raise UpstreamConnectFailed(f"connect to {self.label} failed: {exc}") from None
+            self.tls_failures += 1
+            raise UpstreamTlsFailed(f"TLS with {self.label} failed: {exc}") from None
         except OSError as exc:
             self.connect_failures += 1
             raise UpstreamConnectFailed(
@@ -106,6 +127,16 @@ class EndpointPool:
         finally:
             timer.cancel()
             self.connecting -= 1
+        if context is not None:
+            proved = peer_identity(conn.ssl_object())
+            if proved != self.identity:
+                # Nothing has been written: the request never reaches the wrong peer.
+                conn.abort()
+                self.identity_mismatches += 1
+                raise PeerIdentityMismatch(
+                    f"{self.label} proved {proved or 'no identity'!r}, "
+                    f"discovery expects {self.identity!r}"
+                )
         self.opened += 1
         self._all.add(conn)
         if self.closed:

@@ -27,6 +27,7 @@ from mesh.http1.message import (
     status_line,
 )
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
+from mesh.identity.tls import peer_identity
 from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
 from mesh.respond import error_response
@@ -53,6 +54,8 @@ _SPECIAL: dict[bytes, int] = {
     b"proxy-authenticate": _DROP,
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _DROP,
+    # Only this proxy vouches for a caller: a client's own copy is removed (Envoy SANITIZE).
+    b"x-forwarded-client-cert": _DROP,
     b"x-request-id": _RID,
     b"expect": _EXPECT,
 }
@@ -81,6 +84,7 @@ class ConnectionTracker:
         self.draining = False
         self.accepted = 0
         self.refused = 0
+        self.refused_identity = 0
         self._empty: asyncio.Event | None = None
 
     def statistics(self) -> dict[str, int | bool]:
@@ -91,6 +95,7 @@ class ConnectionTracker:
             "idle": len(self.connections) - active,
             "accepted": self.accepted,
             "refused_over_limit": self.refused,
+            "refused_no_identity": self.refused_identity,
             "draining": self.draining,
         }
 
@@ -147,6 +152,8 @@ class ServerConnection:
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        #: The caller's verified SPIFFE ID on a TLS listener ("" on plaintext).
+        self.peer_identity = ""
         self.closed = False
         self.busy = False
         self._parser = httptools.HttpRequestParser(self)
@@ -171,6 +178,17 @@ class ServerConnection:
         assert self.transport is not None
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            # The handshake is done and the chain verified; the caller's name is checked
+            # here, before a single request byte is read.
+            self.peer_identity = peer_identity(ssl_object)
+            if not self.peer_identity:
+                self.tracker.refused_identity += 1
+                log.warning("refused a TLS peer from %s: no SPIFFE ID", self.peer)
+                self.closed = True
+                self.transport.abort()
+                return
         if not self.tracker.add(self):
             self.closed = True
             self.transport.abort()
@@ -425,6 +443,7 @@ class ServerConnection:
             received_at=self.loop.time(),
         )
         request.forwarded_for = self._xff
+        request.peer_identity = self.peer_identity
         if self._rid is not None:
             request.request_id = self._rid
         if self._expect and body is not None and version == b"1.1":

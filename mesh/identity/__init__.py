@@ -1,0 +1,1 @@
+"""Service identity: SPIFFE IDs, a built-in CA, TLS contexts that rotate without restarts."""

@@ -1,0 +1,40 @@
+"""Inbound: refuse callers the policy does not allow, before anything reaches the app.
+
+Decisions are cached per caller identity: a keep-alive connection from one caller sends
+many requests, and the policy only changes by replacing the authorizer (a new cache).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mesh.errors import Forbidden
+from mesh.http1.message import Request, Response
+from mesh.identity.authorize import Authorizer
+from mesh.stack import Handler
+
+log = logging.getLogger("mesh.authorize")
+
+
+class Authorize:
+    def __init__(self, inner: Handler, authorizer: Authorizer, own_identity: str) -> None:
+        self.inner = inner
+        self.authorizer = authorizer
+        self.own_identity = own_identity
+        self._decided: dict[str, tuple[bool, str]] = {}
+        self.denied = 0
+
+    async def handle(self, request: Request) -> Response:
+        caller = request.peer_identity
+        decision = self._decided.get(caller)
+        if decision is None:
+            decision = self.authorizer.decide(caller)
+            if len(self._decided) < 4096:
+                self._decided[caller] = decision
+        if not decision[0]:
+            self.denied += 1
+            log.warning(
+                "denied %s -> %s: %s", caller or "<no identity>", self.own_identity, decision[1]
+            )
+            raise Forbidden(f"{caller or 'caller'} may not call {self.own_identity}: {decision[1]}")
+        return await self.inner.handle(request)

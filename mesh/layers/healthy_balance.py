@@ -1,0 +1,127 @@
+"""Chooses an endpoint among those the breakers allow, and reports how each attempt went.
+
+A drop-in for `Balance` on clusters with outlier ejection: the balancer picks from
+`OutlierDetector.candidates()` (the cluster's own tuple while nothing is ejected), a
+half-open endpoint gets exactly one probe, and a retry (which leaves `request.endpoint` at
+the endpoint it just tried) goes elsewhere when there is anywhere else to go. When no
+endpoint is usable the answer is a fast 503: `circuit-open` for a single-endpoint service,
+`all-endpoints-ejected` otherwise, with `Retry-After` until the next probe.
+
+An endpoint failed when the attempt ended in a connect failure (refused, TLS, wrong peer
+identity), a reset, a timeout or a protocol error, or its response was a 5xx; other errors
+(the client's body broke, this proxy's own limits) say nothing about the endpoint and leave
+its breaker as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mesh.balance import Balancer
+from mesh.cluster import Cluster, EndpointState
+from mesh.errors import (
+    AllEndpointsEjected,
+    CircuitOpen,
+    LoopDetected,
+    MeshError,
+    NoEndpoints,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+from mesh.http1.message import Request, Response
+from mesh.layers.balance import FIRST_ANSWER_WAIT
+from mesh.resilience.breaker import REFUSED
+from mesh.resilience.outlier import OutlierDetector
+from mesh.resilience.retry import CONNECT_FAILURES
+from mesh.stack import Handler
+
+#: Errors that count against the endpoint they happened with.
+ENDPOINT_FAILURES: tuple[type[MeshError], ...] = (
+    *CONNECT_FAILURES,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamProtocolError,
+)
+
+
+class HealthyBalance:
+    def __init__(
+        self,
+        inner: Handler,
+        cluster: Cluster,
+        balancer: Balancer,
+        detector: OutlierDetector[EndpointState],
+    ) -> None:
+        self.inner = inner
+        self.cluster = cluster
+        self.balancer = balancer
+        self.detector = detector
+
+    async def handle(self, request: Request) -> Response:
+        cluster = self.cluster
+        states = cluster.states
+        if not states and not cluster.answered:
+            await cluster.wait_answered(FIRST_ANSWER_WAIT)
+            states = cluster.states
+        if not states:
+            if cluster.loops:
+                raise LoopDetected(f"every endpoint of {cluster.name} is this sidecar")
+            if not cluster.answered:
+                raise NoEndpoints(f"discovery has not answered yet for {cluster.name}")
+            raise NoEndpoints(f"no endpoints for {cluster.name}")
+        detector = self.detector
+        candidates = detector.candidates(states)
+        if not candidates:
+            raise self._refusal(states)
+        state = self.balancer.pick(candidates)
+        previous = request.endpoint
+        if state is previous and len(candidates) > 1:
+            state = self.balancer.pick([s for s in candidates if s is not previous])
+        ticket = detector.admit(state)
+        if ticket == REFUSED:  # candidates are admissible; kept as a guard, not a path
+            raise self._refusal(states)
+        request.endpoint = state
+        state.in_flight += 1
+        state.requests += 1
+        try:
+            response = await self.inner.handle(request)
+        except MeshError as exc:
+            if isinstance(exc, ENDPOINT_FAILURES):
+                detector.record(state, ticket, True)
+            else:
+                detector.release(state, ticket)
+            raise
+        except BaseException:
+            detector.release(state, ticket)
+            raise
+        finally:
+            state.in_flight -= 1
+        detector.record(state, ticket, response.status >= 500)
+        return response
+
+    def _refusal(self, states: tuple[EndpointState, ...]) -> MeshError:
+        detector = self.detector
+        detector.note_refusal()
+        wait = detector.next_probe_in()
+        retry_after = max(1, math.ceil(wait))
+        if len(states) == 1:
+            only = states[0]
+            breaker = detector.breaker(only)
+            why = breaker.reason if breaker is not None else "open"
+            return CircuitOpen(
+                f"{self.cluster.name} endpoint {only.address}: {why}; next probe in {wait:.1f}s",
+                retry_after,
+            )
+        return AllEndpointsEjected(
+            f"all {len(states)} endpoints of {self.cluster.name} are ejected; "
+            f"next probe in {wait:.1f}s",
+            retry_after,
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        return self.detector.statistics()
+
+    def __repr__(self) -> str:
+        return f"<HealthyBalance {self.cluster.name} {self.detector!r}>"
