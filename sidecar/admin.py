@@ -7,6 +7,7 @@ Bound to loopback by default: it reveals topology and, later, takes control acti
     GET /config     the effective config, secrets redacted
     GET /clusters   every upstream: endpoints, identities, pools, in-flight requests
     GET /listeners  every listener: open, active and refused connections
+    GET /certs      this sidecar's certificate: identity, serial, expiry, reloads
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class Admin:
             b"/config": lambda: json_response(200, sidecar.config.redacted()),
             b"/clusters": lambda: json_response(200, sidecar.clusters_snapshot()),
             b"/listeners": lambda: json_response(200, sidecar.listeners_snapshot()),
+            b"/certs": lambda: json_response(
+                200, sidecar.tls.statistics() if sidecar.tls is not None else {"mtls": False}
+            ),
         }
 
     async def handle(self, request: Request) -> Response:
