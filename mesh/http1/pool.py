@@ -15,7 +15,7 @@ from mypy_extensions import mypyc_attr
 
 from mesh.errors import PeerIdentityMismatch, UpstreamConnectFailed, UpstreamTlsFailed
 from mesh.http1.client import UpstreamConnection, as_protocol
-from mesh.identity.tls import peer_identity
+from mesh.identity.spiffe import peer_identity
 from mesh.policy import PoolPolicy
 
 

@@ -27,7 +27,7 @@ from mesh.http1.message import (
     status_line,
 )
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
-from mesh.identity.tls import peer_identity
+from mesh.identity.spiffe import peer_identity
 from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
 from mesh.respond import error_response

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
+from typing import Any
 
 _ID = re.compile(
     r"spiffe://(?P<td>[a-z0-9.\-]+)/ns/(?P<ns>[A-Za-z0-9_.\-]+)"
@@ -39,3 +41,19 @@ def parse(uri: str) -> SpiffeId | None:
 
 def service_id(service: str, trust_domain: str, datacenter: str = "dc1") -> SpiffeId:
     return SpiffeId(trust_domain.lower(), "default", datacenter, service)
+
+
+def uri_sans(peercert: dict[str, Any] | None) -> list[str]:
+    if not peercert:
+        return []
+    return [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
+    """The peer's SPIFFE ID, or "" when it presented none (verification already passed)."""
+    if ssl_object is None:
+        return ""
+    for uri in uri_sans(ssl_object.getpeercert()):
+        if parse(uri) is not None:
+            return uri
+    return ""

@@ -21,16 +21,13 @@ from typing import Any
 
 from cryptography import x509
 
+from mesh.identity.errors import TlsConfigError
 from mesh.identity.spiffe import parse
 
 log = logging.getLogger("mesh.identity.tls")
 
 #: TLS 1.2 suites (1.3 has only strong ones): ECDHE for forward secrecy, AEAD only.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-
-
-class TlsConfigError(Exception):
-    """Certificate, key or roots unusable; the message names the file and why."""
 
 
 def _harden(ctx: ssl.SSLContext, cert: Path, key: Path, roots: Path) -> ssl.SSLContext:
@@ -56,22 +53,6 @@ def client_context(cert: Path, key: Path, roots: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # peers are named by SPIFFE ID, checked after the handshake
     return _harden(ctx, cert, key, roots)
-
-
-def uri_sans(peercert: dict[str, Any] | None) -> list[str]:
-    if not peercert:
-        return []
-    return [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
-
-
-def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
-    """The peer's SPIFFE ID, or "" when it presented none (verification already passed)."""
-    if ssl_object is None:
-        return ""
-    for uri in uri_sans(ssl_object.getpeercert()):
-        if parse(uri) is not None:
-            return uri
-    return ""
 
 
 @dataclass(frozen=True)
