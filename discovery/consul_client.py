@@ -3,8 +3,9 @@
 `AsyncConsul` is a `consul.base.Consul` whose HTTP layer is `AnyioHTTPClient`, so every
 py-consul method returns a coroutine that runs on anyio (no requests, aiohttp or threads).
 It adds the Connect and health calls py-consul lacks or gets wrong (blocking leaf/roots,
-authorize as POST, /v1/health/connect, intention match, check update, 1.8's ID-based
-intention writes); blocking calls return `(index: int, data)`.
+authorize as POST, /v1/health/connect, catalog services, intention match, check update,
+service registration with a verbatim body, 1.8's ID-based intention writes); blocking calls
+return `(index: int, data)`. Response bodies are capped (*max_body*) before they are parsed.
 
 Every failure is one of:
 
@@ -125,10 +126,12 @@ class AnyioHTTPClient(consul.base.HTTPClient):  # type: ignore[misc]
         connect_timeout: float = 5.0,
         request_timeout: float = 15.0,
         max_connections: int = 100,
+        max_body: int = MAX_BODY,
     ) -> None:
         super().__init__(host, port, scheme, verify, cert)
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
+        self.max_body = max_body
         context = _ssl_context(verify, cert) if scheme == "https" else None
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context, max_connections=max_connections, keepalive_expiry=30.0
@@ -251,11 +254,14 @@ class AnyioHTTPClient(consul.base.HTTPClient):  # type: ignore[misc]
                     content=content if method != "GET" else None,
                     extensions={"timeout": timeouts},
                 ) as response:
+                    announced = _content_length(response.headers)
+                    if announced is not None and announced > self.max_body:
+                        raise ConsulBadResponse(f"{where}: body of {announced} bytes is too large")
                     body = bytearray()
                     async for chunk in response.aiter_stream():
                         body += chunk
-                        if len(body) > MAX_BODY:
-                            raise ConsulBadResponse(f"{where}: body over {MAX_BODY} bytes")
+                        if len(body) > self.max_body:
+                            raise ConsulBadResponse(f"{where}: body over {self.max_body} bytes")
         except TimeoutError:
             limit = self.connect_timeout + read
             raise ConsulUnavailable(f"{where}: no answer within {limit:g}s") from None
@@ -264,7 +270,8 @@ class AnyioHTTPClient(consul.base.HTTPClient):  # type: ignore[misc]
             httpcore.NetworkError,
             httpcore.RemoteProtocolError,
         ) as exc:
-            raise ConsulUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise ConsulUnavailable(f"{where}: {detail}") from exc
         response_headers: dict[str, str] = {}
         for name, value in response.headers:
             key = _canonical(name.decode("latin-1"))
@@ -281,6 +288,13 @@ class AnyioHTTPClient(consul.base.HTTPClient):  # type: ignore[misc]
     def close(self) -> Coroutine[Any, Any, None]:
         # base.Consul.__aexit__ awaits http.close().
         return self.aclose()
+
+
+def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def _ssl_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
@@ -365,9 +379,10 @@ class AsyncConsul(consul.base.Consul):  # type: ignore[misc]
         connect_timeout: float = 5.0,
         request_timeout: float = 15.0,
         max_connections: int = 100,
+        max_body: int = MAX_BODY,
     ) -> None:
         # base.Consul.__init__ calls http_connect, which reads these.
-        self._timeouts = (connect_timeout, request_timeout, max_connections)
+        self._timeouts = (connect_timeout, request_timeout, max_connections, max_body)
         super().__init__(host, port, None, scheme, consistency, dc, verify, cert)
         self.token = token if token is not None else os.environ.get("CONSUL_HTTP_TOKEN")
 
@@ -388,7 +403,7 @@ class AsyncConsul(consul.base.Consul):  # type: ignore[misc]
         verify: bool | str = True,
         cert: str | tuple[str, str] | None = None,
     ) -> AnyioHTTPClient:
-        connect_timeout, request_timeout, max_connections = self._timeouts
+        connect_timeout, request_timeout, max_connections, max_body = self._timeouts
         return AnyioHTTPClient(
             host,
             port,
@@ -398,6 +413,7 @@ class AsyncConsul(consul.base.Consul):  # type: ignore[misc]
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
             max_connections=max_connections,
+            max_body=max_body,
         )
 
     def __repr__(self) -> str:
@@ -476,6 +492,25 @@ class AsyncConsul(consul.base.Consul):  # type: ignore[misc]
             params.append(("dc", self.dc))
         got, data = await self._call(_with_index, "GET", path, params)
         return got, _expect(data, list, path)
+
+    async def catalog_services(
+        self, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Every service name in the datacenter, with its tags (blocking)."""
+        path = "/v1/catalog/services"
+        params = _blocking(index, wait)
+        if self.dc:
+            params.append(("dc", self.dc))
+        got, data = await self._call(_with_index, "GET", path, params)
+        return got, _expect(data, dict, path)
+
+    async def service_register(self, definition: Mapping[str, Any]) -> None:
+        """Register (or replace) a service on the local agent with this exact body.
+
+        py-consul's `agent.service.register` rebuilds the body from keyword arguments; this
+        sends the documented CamelCase fields as given (Kind, Proxy, Checks, Weights...).
+        """
+        await self._call(_ok, "PUT", "/v1/agent/service/register", body=dict(definition))
 
     async def intentions_match(
         self, name: str, index: int | None = None, wait: float | None = None

@@ -52,3 +52,7 @@ class EndpointSet:
     version: str = ""
     #: Entries the source sent but the resolver refused, with the reason.
     rejected: tuple[tuple[str, str], ...] = field(default=())
+    #: When the source stopped answering (Unix time); these are its last good endpoints.
+    stale_since: float | None = None
+    #: Why the source is not answering, while stale.
+    last_error: str = ""

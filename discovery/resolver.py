@@ -17,6 +17,7 @@ class Resolver(Protocol):
         """
         ...
 
-    def knows(self, service: str) -> bool:
-        """Whether `service` is a mesh service (used by proxy mode to pick passthrough)."""
+    def knows(self, service: str) -> bool | None:
+        """Whether `service` is a mesh service (used by proxy mode to pick passthrough);
+        None while the source cannot tell yet (it has not answered)."""
         ...

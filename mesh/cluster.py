@@ -55,7 +55,10 @@ class Cluster:
         self.updated_at: float | None = None
         self.rejected: tuple[tuple[str, str], ...] = ()
         self.loops = 0
+        self.stale_since: float | None = None
+        self.last_error = ""
         self._first_answer: list[Waiter[None]] = []
+        self._last: EndpointSet | None = None
 
     async def wait_answered(self, max_wait: float) -> None:
         """Wait (bounded) for discovery's first answer; a cluster made on demand has none."""
@@ -69,7 +72,13 @@ class Cluster:
         finally:
             timer.cancel()
 
+    def recheck(self) -> None:
+        """Apply the last answer again (a listener bound since: its port is now "self")."""
+        if self._last is not None:
+            self.update(self._last)
+
     def update(self, endpoint_set: EndpointSet) -> None:
+        self._last = endpoint_set
         old = {s.endpoint: s for s in self.states}
         states: list[EndpointState] = []
         rejected = list(endpoint_set.rejected)
@@ -89,6 +98,8 @@ class Cluster:
         self.answered = True
         self.version = endpoint_set.version
         self.updated_at = time.time()
+        self.stale_since = endpoint_set.stale_since
+        self.last_error = endpoint_set.last_error
         waiting, self._first_answer = self._first_answer, []
         for waiter in waiting:
             waiter.set_result(None)
@@ -104,6 +115,8 @@ class Cluster:
             "discovery_answered": self.answered,
             "version": self.version,
             "updated_at": self.updated_at,
+            "stale_since": self.stale_since,
+            "last_error": self.last_error,
             "endpoints": [s.statistics() for s in self.states],
             "rejected": [{"address": a, "reason": r} for a, r in self.rejected],
         }

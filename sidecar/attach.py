@@ -4,9 +4,10 @@ Start: the sidecar's listeners are up and discovery has answered before the app 
 the app's first outbound call cannot race the proxy. The app's environment points
 HTTP_PROXY at the sidecar (NO_PROXY keeps loopback calls direct).
 
-Stop (SIGTERM/SIGINT): inbound stops taking connections and finishes what is in flight;
-then the app gets SIGTERM while outbound keeps serving its last calls; when the app has
-exited the sidecar drains the rest and the process exits with the app's code.
+Stop (SIGTERM/SIGINT): the sidecar leaves discovery (Consul: maintenance, then a grace for
+peers to notice) while still serving; inbound stops taking connections and finishes what is
+in flight; then the app gets SIGTERM while outbound keeps serving its last calls; when the
+app has exited the sidecar drains the rest and the process exits with the app's code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import anyio
 from anyio.abc import Process
 
 from sidecar.config import SidecarConfig
+from sidecar.consul_wiring import make_sidecar
 from sidecar.runtime import Sidecar
 from sidecar.signals import stop_on_signals
 
@@ -58,7 +60,7 @@ def exit_code(returncode: int) -> int:
 
 
 async def run_attached(config: SidecarConfig, command: Sequence[str]) -> int:
-    sidecar = Sidecar(config)
+    sidecar = make_sidecar(config)
     stop_requested = anyio.Event()
     async with anyio.create_task_group() as tg:
         await tg.start(stop_on_signals, stop_requested.set)
@@ -101,6 +103,8 @@ async def _supervise(sidecar: Sidecar, process: Process, stop_requested: anyio.E
 
         async def stop_sequence() -> None:
             await stop_requested.wait()
+            # Leave discovery while still serving, so peers stop sending before inbound closes.
+            await sidecar.leave()
             await sidecar.drain(("inbound",))
             if process.returncode is None:
                 log.info("inbound drained; sending SIGTERM to the app (pid %d)", process.pid)

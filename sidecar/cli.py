@@ -14,6 +14,7 @@ import anyio
 import click
 
 from discovery.static import CatalogError
+from mesh.identity.errors import TlsConfigError
 from sidecar.config import ConfigError, SidecarConfig, build, parse_upstream_flag
 from sidecar.signals import stop_on_signals
 
@@ -80,6 +81,26 @@ def sidecar_options(fn: Any) -> Any:
             type=click.Path(path_type=Path),
             help="Static discovery file (YAML or JSON).",
         ),
+        click.option(
+            "--consul",
+            "consul_address",
+            metavar="URL",
+            help="Consul agent to discover peers and register with [env CONSUL_HTTP_ADDR].",
+        ),
+        click.option(
+            "--consul-token-file",
+            type=click.Path(path_type=Path),
+            help="File holding the Consul ACL token [else env CONSUL_HTTP_TOKEN].",
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(path_type=Path),
+            help="This sidecar's certificate (PEM, SPIFFE ID as URI SAN): turns on mTLS.",
+        ),
+        click.option("--tls-key", type=click.Path(path_type=Path), help="Its private key."),
+        click.option(
+            "--tls-roots", type=click.Path(path_type=Path), help="The mesh's root certificates."
+        ),
         click.option("--admin", help="Admin API HOST:PORT [127.0.0.1:15000]."),
         click.option(
             "--access-log/--no-access-log",
@@ -95,6 +116,13 @@ def sidecar_options(fn: Any) -> Any:
 
 
 def load_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
+    consul = {
+        "address": flags.pop("consul_address", None),
+        "token_file": flags.pop("consul_token_file", None),
+    }
+    flags["consul"] = {key: value for key, value in consul.items() if value is not None}
+    tls = {part: flags.pop(f"tls_{part}", None) for part in ("cert", "key", "roots")}
+    flags["tls"] = {part: path for part, path in tls.items() if path is not None}
     try:
         flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())
         return build(config_file, flags)
@@ -124,21 +152,21 @@ def startup_errors() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        found = group.subgroup((OSError, CatalogError))
+        found = group.subgroup((OSError, CatalogError, ConfigError, TlsConfigError))
         if found is None:
             raise
         first = found.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise click.ClickException(f"cannot start: {first}") from None
-    except (OSError, CatalogError) as exc:
+    except (OSError, CatalogError, ConfigError, TlsConfigError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
 async def _serve_until_signal(config: SidecarConfig) -> None:
-    from sidecar.runtime import Sidecar
+    from sidecar.consul_wiring import make_sidecar
 
-    sidecar = Sidecar(config)
+    sidecar = make_sidecar(config)
     async with anyio.create_task_group() as tg:
         # Signals are handled from the start: a SIGTERM during start-up is a clean stop too.
         await tg.start(stop_on_signals, sidecar.request_stop)
@@ -172,8 +200,63 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
     help="Stop after this many seconds (0: run until Ctrl-C).",
 )
 @click.option("--rps", type=float, default=20.0, help="Requests per second the load sends.")
-def demo(duration: float, rps: float) -> None:
+@click.option(
+    "--discovery",
+    type=click.Choice(["static", "consul", "auto"]),
+    default="static",
+    show_default=True,
+    help="Static catalog, or a Consul dev agent the demo starts (auto: Consul when "
+    "scripts/install-consul.sh can provide one, else static).",
+)
+def demo(duration: float, rps: float, discovery: str) -> None:
     """Run the local demo mesh: services with sidecars, traffic, and a summary."""
     from sidecar.demo.local import run_demo
 
-    sys.exit(run_async(run_demo, duration, rps))
+    sys.exit(run_async(run_demo, duration, rps, discovery))
+
+
+@main.group()
+def ca() -> None:
+    """The built-in certificate authority (for meshes without Consul, and the demo)."""
+
+
+@ca.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--trust-domain", default="mesh.local", show_default=True)
+def ca_init(directory: Path, trust_domain: str) -> None:
+    """Create a root (EC P-256) in DIRECTORY. Its key never goes to a sidecar."""
+    from mesh.identity import ca as authority
+
+    try:
+        root = authority.init(directory, trust_domain)
+    except authority.CaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"root certificate: {root} (trust domain {trust_domain})")
+
+
+@ca.command("issue")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--service", required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--ttl", default="24h", show_default=True, help="Lifetime: 90m, 24h, 7d.")
+@click.option("--datacenter", default="dc1", show_default=True)
+def ca_issue(ca_dir: Path, service: str, out_dir: Path, ttl: str, datacenter: str) -> None:
+    """Write a leaf for SERVICE (cert.pem, key.pem, roots.pem) into --out; re-run to rotate."""
+    import datetime as dt
+
+    from mesh.identity import ca as authority
+
+    units = {"m": 60, "h": 3600, "d": 86400}
+    digits = ttl[:-1]
+    if len(ttl) < 2 or ttl[-1] not in units or not digits.isdigit() or not 0 < int(digits) < 10**7:
+        raise click.ClickException(f"--ttl {ttl!r}: expected a number with m, h or d")
+    lifetime = dt.timedelta(seconds=int(ttl[:-1]) * units[ttl[-1]])
+    if not dt.timedelta(minutes=1) <= lifetime <= authority.MAX_LEAF_TTL:
+        raise click.ClickException(f"--ttl {ttl!r}: between 1m and {authority.MAX_LEAF_TTL.days}d")
+    try:
+        leaf = authority.issue(ca_dir, service, out_dir, lifetime, datacenter)
+    except authority.CaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{leaf.identity}: serial {leaf.serial:x}, valid until {leaf.not_after:%Y-%m-%d %H:%M}Z"
+    )

@@ -8,6 +8,8 @@ Every key is documented in the README with its default. Errors name the key and 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from mesh.identity.authorize import StaticAuthorizer
 from mesh.policy import BalancePolicy, HttpLimits, PoolPolicy, TimeoutPolicy
 
 Port = int
@@ -78,6 +81,80 @@ class UpstreamConfig(_Model):
     local_address: str = "127.0.0.1"
 
 
+class ConsulConfig(_Model):
+    """Discovery and registration through a Consul agent (see the README's Consul section)."""
+
+    #: The agent's HTTP API; unset means static discovery.
+    address: str | None = None
+    #: A file holding the ACL token (sent as X-Consul-Token); else env CONSUL_HTTP_TOKEN.
+    token_file: Path | None = None
+    #: CA bundle for an https address.
+    ca_file: Path | None = None
+    #: Register the app and this sidecar (needs the inbound listener).
+    registration: bool = True
+    #: Unique per agent; default <service>-<host name>-<public port>.
+    service_id: str | None = Field(None, min_length=1)
+    #: Address peers use for this sidecar; default the listener's host, or the agent's node
+    #: address when the listener is on a wildcard address.
+    advertise_address: str | None = None
+    tags: tuple[str, ...] = ()
+    weight: int = Field(1, ge=1, le=65535)
+    #: The sidecar probes its app this often and reports to a TTL check.
+    check_interval: float = Field(2.0, gt=0, le=300)
+    check_ttl: float = Field(10.0, gt=0)
+    #: HTTP path probed on the app (2xx passing, 429 warning); unset: a TCP connect.
+    check_path: str | None = Field(None, pattern=r"^/")
+    deregister_critical_after: float = Field(60.0, ge=60)
+    #: On SIGTERM: time between leaving Consul's passing set and closing the listener.
+    drain_grace: float = Field(5.0, ge=0)
+    #: How long a blocking query may wait for a change.
+    wait: float = Field(30.0, ge=1, le=600)
+    #: While the agent fails, retries wait a random time up to this (jittered, doubling).
+    backoff_max: float = Field(5.0, ge=0.1, le=300)
+    timeout: float = Field(5.0, gt=0, le=60)
+    max_response_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
+    max_endpoints: int = Field(5000, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Like the consul CLI: a bare HOST:PORT means http.
+        url = value if "://" in value else f"http://{value}"
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
+            raise ValueError(f"{value!r} is not an http(s)://HOST:PORT address")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _ttl_outlives_interval(self) -> ConsulConfig:
+        if self.check_ttl < 2 * self.check_interval:
+            raise ValueError("check_ttl must be at least twice check_interval")
+        return self
+
+
+class TlsConfig(_Model):
+    """This sidecar's leaf certificate, its key and the mesh roots (PEM files)."""
+
+    cert: Path
+    key: Path
+    roots: Path
+
+
+class AuthorizationConfig(_Model):
+    """Static policy on callers' service names (Consul intentions replace it when used)."""
+
+    default: Literal["allow", "deny"] = "allow"
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def authorizer(self) -> StaticAuthorizer:
+        return StaticAuthorizer(
+            self.default == "allow", frozenset(self.allow), frozenset(self.deny)
+        )
+
+
 class SidecarConfig(_Model):
     service: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     app_host: str = "127.0.0.1"
@@ -99,6 +176,9 @@ class SidecarConfig(_Model):
     # deadline fires first and the caller sees the precise reason.
     inbound_timeouts: TimeoutsConfig = TimeoutsConfig(connect=1.0, request=30.0)
     pool: PoolConfig = PoolConfig()
+    consul: ConsulConfig = ConsulConfig()
+    tls: TlsConfig | None = None
+    authorization: AuthorizationConfig = AuthorizationConfig()
 
     @field_validator("listen", "admin")
     @classmethod
@@ -117,6 +197,12 @@ class SidecarConfig(_Model):
     def _listen_needs_app(self) -> SidecarConfig:
         if self.listen is not None and self.app_port is None:
             raise ValueError("listen needs app_port: the inbound listener forwards to the app")
+        return self
+
+    @model_validator(mode="after")
+    def _one_discovery_source(self) -> SidecarConfig:
+        if self.catalog is not None and self.consul.address is not None:
+            raise ValueError("catalog and consul.address exclude each other: pick one source")
         return self
 
     def balance_policy(self) -> BalancePolicy:
@@ -164,19 +250,41 @@ def parse_upstream_flag(text: str) -> dict[str, Any]:
     return {"name": name, "local_port": int(port)}
 
 
-def build(file: Path | None, overrides: dict[str, Any]) -> SidecarConfig:
-    """File values, then flag values (only those given) on top; validated once."""
+def build(
+    file: Path | None, overrides: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> SidecarConfig:
+    """File values, then flag values (only those given) on top; validated once.
+
+    The consul CLI's environment variables fill in what neither set: CONSUL_HTTP_ADDR (only
+    when no catalog is configured either) and CONSUL_CACERT.
+    """
     data = read_file(file) if file else {}
     for key, value in overrides.items():
-        if value is None or value == ():
+        if value is None or value == () or value == {}:
             continue
         if key == "upstreams":
             value = [*data.get("upstreams", []), *value]
+        elif isinstance(value, dict) and isinstance(data.get(key), dict):
+            value = {**data[key], **value}
         data[key] = value
+    _consul_environment(data, os.environ if environ is None else environ)
     try:
         return SidecarConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def _consul_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    consul = data.get("consul")
+    if consul is not None and not isinstance(consul, dict):
+        return  # validation names the key
+    consul = dict(consul or {})
+    if not consul.get("address") and not data.get("catalog") and environ.get("CONSUL_HTTP_ADDR"):
+        consul["address"] = environ["CONSUL_HTTP_ADDR"]
+    if not consul.get("ca_file") and environ.get("CONSUL_CACERT"):
+        consul["ca_file"] = environ["CONSUL_CACERT"]
+    if consul:
+        data["consul"] = consul
 
 
 def _describe(exc: ValidationError) -> str:

@@ -4,6 +4,12 @@ One anyio task group owns every task (connections, discovery watches, sweeps). S
 reports readiness through `task_status`; shutdown drains: listeners stop accepting, idle
 connections close, in-flight requests finish (their responses say `Connection: close`) until
 the drain deadline, then whatever is left is reset and logged.
+
+Integrations (Consul registration) join the lifecycle through `Hooks`, in this order:
+
+    listeners bound -> hooks.run (background)            -> ready
+    stop requested  -> hooks.before_drain (still serving: leave discovery, let peers notice)
+                    -> drain (stop accepting, finish in-flight) -> hooks.after_drain -> exit
 """
 
 from __future__ import annotations
@@ -11,15 +17,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Coroutine
+import ssl
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 import mesh
-from discovery.endpoint import Endpoint, EndpointSet
+from discovery.endpoint import DEFAULT_TRUST_DOMAIN, Endpoint, EndpointSet
 from discovery.resolver import Resolver
 from discovery.static import StaticResolver, parse_address
 from mesh.cluster import Cluster
@@ -27,6 +34,7 @@ from mesh.http1.client import as_protocol
 from mesh.http1.deadlines import SWEEPER
 from mesh.http1.pool import EndpointPool
 from mesh.http1.server import ConnectionTracker, ServerConnection
+from mesh.identity.spiffe import parse as parse_spiffe
 from mesh.layers.connect import Connect
 from mesh.layers.deadline import Deadline
 from mesh.layers.passthrough import Passthrough
@@ -36,6 +44,9 @@ from sidecar import stacks
 from sidecar.admin import Admin
 from sidecar.config import SidecarConfig
 from sidecar.services import Services
+
+if TYPE_CHECKING:
+    from mesh.identity.tls import TlsFiles
 
 log = logging.getLogger("sidecar")
 
@@ -52,12 +63,50 @@ class Listener:
     tracker: ConnectionTracker
 
 
+class Hooks(Protocol):
+    """What an integration adds to the sidecar's lifecycle. A hook's failure is logged and
+    the sequence goes on: shutdown must not hang on a control plane."""
+
+    async def run(self, sidecar: Sidecar, *, task_status: TaskStatus[None]) -> None:
+        """Background work, started once the listeners are bound; cancelled at exit."""
+        ...
+
+    def waiting_for(self) -> str:
+        """Why the sidecar is not ready yet on this hook's account; "" when it is."""
+        ...
+
+    async def before_drain(self) -> None:
+        """Stop requested, listeners still serving: announce the departure, let peers see it."""
+        ...
+
+    async def after_drain(self) -> None:
+        """Listeners closed and in-flight work done: final clean-up."""
+        ...
+
+
 class Sidecar:
-    def __init__(self, config: SidecarConfig, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        resolver: Resolver | None = None,
+        hooks: Sequence[Hooks] = (),
+    ) -> None:
         self.config = config
+        self.hooks = tuple(hooks)
+        tls = config.tls
+        #: This sidecar's certificate material, when the hops between sidecars use mTLS.
+        self.tls: TlsFiles | None = None
+        if tls is not None:
+            from mesh.identity.tls import TlsFiles  # cryptography loads only when needed
+
+            self.tls = TlsFiles(tls.cert, tls.key, tls.roots)
         if resolver is None:
+            # Catalog entries without an explicit identity belong to this mesh's trust
+            # domain, the one this sidecar's own certificate names.
+            own = parse_spiffe(self.tls.identity) if self.tls is not None else None
+            trust_domain = own.trust_domain if own is not None else DEFAULT_TRUST_DOMAIN
             if config.catalog is not None:
-                resolver = StaticResolver.from_file(config.catalog)
+                resolver = StaticResolver.from_file(config.catalog, trust_domain)
             else:
                 resolver = StaticResolver({})
         self.resolver = resolver
@@ -66,6 +115,7 @@ class Sidecar:
         self._own_hosts = set(_LOCAL_HOSTS)
         self._tg: TaskGroup | None = None
         self._stop = anyio.Event()
+        self._leaving: anyio.Event | None = None
         self._stopped = anyio.Event()
         self._started = False
         self._app_seen = False
@@ -87,47 +137,91 @@ class Sidecar:
         except ValueError:
             return False
 
-    def _pool_factory(self, timeout: float) -> Callable[[Endpoint], EndpointPool]:
+    def _pool_factory(
+        self, timeout: float, mesh: bool = False
+    ) -> Callable[[Endpoint], EndpointPool]:
+        """Pools for mesh endpoints speak mTLS when configured; the app and passthrough
+        destinations are plain HTTP."""
         policy = self.config.pool.policy()
+        tls = self.tls.client_context if (mesh and self.tls is not None) else None
 
         def make(endpoint: Endpoint) -> EndpointPool:
-            return EndpointPool(endpoint.host, endpoint.port, policy, timeout)
+            return EndpointPool(
+                endpoint.host, endpoint.port, policy, timeout, tls, endpoint.identity
+            )
 
         return make
+
+    async def _watch_tls(self) -> None:
+        """Certificate files are replaced by whoever runs the CA: pick new ones up."""
+        assert self.tls is not None
+        while True:
+            await anyio.sleep(1.0)
+            self.tls.reload_if_changed()
 
     def _outbound_cluster_stack(self, cluster: Cluster) -> Handler:
         return stacks.cluster_stack(self.config, cluster, self.config.outbound_timeouts.request)
 
-    async def _listen(self, name: str, direction: str, address: str, handler: Handler) -> Listener:
+    async def _listen(
+        self,
+        name: str,
+        direction: str,
+        address: str,
+        handler: Handler,
+        tls: ssl.SSLContext | None = None,
+    ) -> Listener:
         host, port = parse_address(address, name)
         tracker = ConnectionTracker(self.config.limits.policy(), name)
         loop = asyncio.get_running_loop()
+        scheme = b"https" if tls is not None else b"http"
         server = await loop.create_server(
-            lambda: as_protocol(ServerConnection(handler, tracker)),
+            lambda: as_protocol(ServerConnection(handler, tracker, scheme)),
             host,
             port,
             reuse_address=True,
             backlog=1024,
+            ssl=tls,
+            ssl_handshake_timeout=self.config.limits.header_timeout if tls is not None else None,
         )
         bound_port = server.sockets[0].getsockname()[1]
         listener = Listener(name, direction, host, bound_port, server, tracker)
         self.listeners.append(listener)
-        self._own_ports.add(bound_port)
+        if bound_port not in self._own_ports:
+            self._own_ports.add(bound_port)
+            if self.services is not None:
+                self.services.recheck()
         self._own_hosts.add(host)
         self._spawn(tracker.sweep_forever)
         log.info("%s listener on %s:%d", name, host, bound_port)
         return listener
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def _reserve_own_ports(self) -> None:
+        """Every configured listener port counts as "this sidecar" before anything binds:
+        discovery may answer first, and an endpoint that is us must never be dialled."""
+        config = self.config
+        addresses = [config.admin, *(f"x:{u.local_port}" for u in config.upstreams)]
+        if config.listen is not None:
+            addresses.append(config.listen)
+        if config.proxy_port:
+            addresses.append(f"x:{config.proxy_port}")
+        for address in addresses:
+            port = int(address.rsplit(":", 1)[1])
+            if port:
+                self._own_ports.add(port)
+
     async def serve(self, *, task_status: TaskStatus[Sidecar] = anyio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        outbound_pools = self._pool_factory(config.outbound_timeouts.connect)
+        self._reserve_own_ports()
+        outbound_pools = self._pool_factory(config.outbound_timeouts.connect, mesh=True)
         services = self.services = Services(
             self.resolver, outbound_pools, self.is_self, self._outbound_cluster_stack, self._spawn
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(SWEEPER.run)
+            if self.tls is not None:
+                tg.start_soon(self._watch_tls)
             # Reserve the listener ports first so loop detection knows them from the start.
             if config.listen is not None and config.app_port is not None:
                 app_pools = self._pool_factory(config.inbound_timeouts.connect)
@@ -136,8 +230,13 @@ class Sidecar:
                 app.update(EndpointSet(config.service, (local_app,)))
                 self.app_cluster = app
                 tg.start_soon(self._probe_app)
+                identity = self.tls.identity if self.tls is not None else None
                 await self._listen(
-                    "inbound", "inbound", config.listen, stacks.inbound_stack(config, app)
+                    "inbound",
+                    "inbound",
+                    config.listen,
+                    stacks.inbound_stack(config, app, identity),
+                    self.tls.listening_context if self.tls is not None else None,
                 )
             for upstream in config.upstreams:
                 route = Route(self.services, fixed_service=upstream.name)
@@ -152,7 +251,7 @@ class Sidecar:
                 if config.passthrough == "allow":
                     passthrough = Passthrough(
                         Deadline(Connect(), config.outbound_timeouts.request),
-                        outbound_pools,
+                        self._pool_factory(config.outbound_timeouts.connect),
                         self.is_self,
                     )
                 route = Route(self.services, passthrough=passthrough)
@@ -163,11 +262,16 @@ class Sidecar:
                     stacks.outbound_stack(config, route),
                 )
             await self._listen("admin", "admin", config.admin, Admin(self))
+            for hook in self.hooks:
+                await tg.start(hook.run, self)
             self._started = True
             log.info("data path: %s", "compiled (mypyc)" if mesh.compiled() else "pure Python")
             task_status.started(self)
             await self._stop.wait()
+            await self.leave()
             await self.drain(("inbound", "outbound", "admin"))
+            for hook in self.hooks:
+                await _logged(hook.after_drain, "after drain")
             tg.cancel_scope.cancel()
         services.close()
         if self.app_cluster is not None:
@@ -179,6 +283,18 @@ class Sidecar:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    async def leave(self) -> None:
+        """Run the hooks' before_drain, once, while still serving (later calls wait for it)."""
+        if self._leaving is not None:
+            await self._leaving.wait()
+            return
+        self._leaving = anyio.Event()
+        try:
+            for hook in self.hooks:
+                await _logged(hook.before_drain, "before drain")
+        finally:
+            self._leaving.set()
 
     async def drain(self, directions: tuple[str, ...]) -> None:
         """Stop accepting on these listeners and let their in-flight requests finish."""
@@ -203,12 +319,15 @@ class Sidecar:
         """Ready: listeners up, discovery answered, and (for /ready) the app accepting."""
         if not self._started:
             return False, "starting"
-        if self._stop.is_set():
+        if self._stop.is_set() or self._leaving is not None:
             return False, "draining"
         assert self.services is not None
         waiting = [c.name for c in self.services.clusters.values() if not c.answered]
         if waiting:
             return False, "waiting for discovery: " + ", ".join(sorted(waiting))
+        for hook in self.hooks:
+            if why := hook.waiting_for():
+                return False, why
         if include_app and self.app_cluster is not None and not self._app_seen:
             return False, f"waiting for the app on {self.config.app_host}:{self.config.app_port}"
         return True, "ok"
@@ -245,6 +364,13 @@ class Sidecar:
             lst.name: {"address": f"{lst.host}:{lst.port}", **lst.tracker.statistics()}
             for lst in self.listeners
         }
+
+
+async def _logged(step: Callable[[], Coroutine[Any, Any, None]], what: str) -> None:
+    try:
+        await step()
+    except Exception:
+        log.exception("%s: hook failed", what)
 
 
 async def _guarded(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from discovery.endpoint import Endpoint
 from discovery.resolver import Resolver
 from mesh.cluster import Cluster, PoolFactory
+from mesh.errors import NoEndpoints
 from mesh.stack import Handler
 
 log = logging.getLogger("sidecar.services")
@@ -39,7 +40,14 @@ class Services:
         self._stacks: dict[str, Handler] = {}
 
     def knows(self, service: str) -> bool:
-        return service in self._stacks or self._resolver.knows(service)
+        if service in self._stacks:
+            return True
+        known = self._resolver.knows(service)
+        if known is None:
+            # Neither a mesh service nor passthrough until discovery can tell: sending a
+            # mesh name to its "real" address would leave the mesh.
+            raise NoEndpoints(f"discovery cannot tell yet whether {service!r} is a mesh service")
+        return known
 
     def stack(self, service: str) -> Handler:
         stack = self._stacks.get(service)
@@ -49,6 +57,10 @@ class Services:
             stack = self._stacks[service] = self._build_stack(cluster)
             self._spawn(lambda: self._watch(cluster))
         return stack
+
+    def recheck(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.recheck()
 
     def all_answered(self) -> bool:
         return all(c.answered for c in self.clusters.values())

@@ -2,7 +2,8 @@
 
     outbound: Rescue -> AccessLog -> ForwardedHeaders -> Route
                  -> per service: Deadline -> Balance -> Connect
-    inbound:  Rescue -> AccessLog -> ForwardedHeaders -> Deadline -> Balance -> Connect(app)
+    inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [mTLS: Authorize -> ClientCertHeader]
+                 -> Deadline -> Balance -> Connect(app)
 
 Stacks are built once per listener and once per upstream service when config or discovery
 brings it, never per request.
@@ -16,7 +17,9 @@ from collections.abc import Sequence
 from mesh.balance import make_balancer
 from mesh.cluster import Cluster
 from mesh.layers.access_log import AccessLog
+from mesh.layers.authorize import Authorize
 from mesh.layers.balance import Balance
+from mesh.layers.client_cert import ClientCertHeader
 from mesh.layers.connect import Connect
 from mesh.layers.deadline import Deadline
 from mesh.layers.forwarding import ForwardedHeaders
@@ -54,11 +57,16 @@ def cluster_stack(config: SidecarConfig, cluster: Cluster, timeout: float) -> Ha
     )
 
 
-def inbound_stack(config: SidecarConfig, app: Cluster) -> Handler:
-    return compose(
-        cluster_stack(config, app, config.inbound_timeouts.request),
-        edge_layers(config, "inbound"),
-    )
+def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = None) -> Handler:
+    """`identity`: this sidecar's SPIFFE ID when the listener speaks mTLS."""
+    layers = list(edge_layers(config, "inbound"))
+    if identity is not None:
+        authorizer = config.authorization.authorizer()
+        layers += [
+            lambda inner: Authorize(inner, authorizer, identity),
+            lambda inner: ClientCertHeader(inner, identity),
+        ]
+    return compose(cluster_stack(config, app, config.inbound_timeouts.request), layers)
 
 
 def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:

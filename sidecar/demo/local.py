@@ -1,9 +1,12 @@
 """`mesh demo`: the demo mesh as local processes, with traffic and a live view.
 
 Each service runs as `mesh attach ... -- python -m sidecar.demo.app` (its sidecar first,
-then the app); discovery is a static catalog of the sidecars' inbound listeners. A load
-loop calls the entry service; every second a line per service shows what its sidecar saw.
-Ctrl-C (or --duration) stops every process this demo started, by PID, and waits for them.
+then the app). Discovery is a static catalog of the sidecars' inbound listeners, or, with
+`--discovery consul` (or `auto` when scripts/install-consul.sh can provide an agent), a Consul
+dev agent the demo starts on free loopback ports: every sidecar registers its service there
+and finds its peers through it. A load loop calls the entry service; every second a line
+shows what it saw. Ctrl-C (or --duration) stops every process this demo started, by PID,
+and waits for them; the sidecars deregister before the agent stops.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import anyio
 import httpcore
 from anyio.abc import Process
 
+from sidecar.demo.consul_agent import DevAgent, find_consul
 from sidecar.demo.topology import ENTRY, SERVICES
 from sidecar.signals import stop_on_signals
 
@@ -63,12 +67,29 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-async def start_services(workdir: Path, services: list[Running]) -> None:
-    """Start every service; `services` grows as they start, so a stop midway finds them."""
-    planned = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
+#: Sidecar settings for the demo's Consul mode: quick health reports and a short drain.
+CONSUL_SETTINGS = {"consul": {"check_interval": 0.5, "drain_grace": 1.0}}
+
+
+def discovery_flags(workdir: Path, planned: list[Running], agent: DevAgent | None) -> list[str]:
+    """How every sidecar finds its peers: through the agent, or a static catalog."""
+    if agent is not None:
+        config_path = workdir / "sidecar.json"
+        config_path.write_text(json.dumps(CONSUL_SETTINGS, indent=2))
+        # The demo's apps call only mesh services: anything else is refused at once.
+        return ["--consul", agent.address, "--config", str(config_path), "--passthrough", "deny"]
     catalog = {"services": {s.name: [f"127.0.0.1:{s.inbound}"] for s in planned}}
     catalog_path = workdir / "catalog.json"
     catalog_path.write_text(json.dumps(catalog, indent=2))
+    return ["--catalog", str(catalog_path)]
+
+
+async def start_services(
+    workdir: Path, services: list[Running], agent: DevAgent | None = None
+) -> None:
+    """Start every service; `services` grows as they start, so a stop midway finds them."""
+    planned = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
+    discovery = discovery_flags(workdir, planned, agent)
     mesh = str(Path(sys.executable).with_name("mesh"))
     for spec, run in zip(SERVICES, planned, strict=True):
         env = {**os.environ, "DEMO_SERVICE": run.name, "DEMO_PORT": str(run.app_port),
@@ -76,7 +97,7 @@ async def start_services(workdir: Path, services: list[Running]) -> None:
         command = [
             mesh, "attach", "--service", run.name, "--app-port", str(run.app_port),
             "--listen", f"127.0.0.1:{run.inbound}", "--admin", f"127.0.0.1:{run.admin}",
-            "--catalog", str(catalog_path), "--access-log", "--log-level", "warning",
+            *discovery, "--access-log", "--log-level", "warning",
             "--", sys.executable, "-m", "sidecar.demo.app",
         ]  # fmt: skip
         # A local log file opens at once; the child owns it from here on.
@@ -103,6 +124,30 @@ async def wait_ready(services: list[Running], pool: httpcore.AsyncConnectionPool
                     pass
                 await anyio.sleep(0.05)
             say(f"  ready    {run.name}")
+
+
+async def wait_registered(agent: DevAgent, pool: httpcore.AsyncConnectionPool) -> None:
+    """Until every service has a passing sidecar in Consul."""
+    with anyio.fail_after(30):
+        for spec in SERVICES:
+            path = f"/v1/health/connect/{spec.name}?passing"
+            while True:  # nothing to wait on but the agent's answer: poll it
+                if await agent.get_json(pool, path):
+                    break
+                await anyio.sleep(0.05)
+        names = ", ".join(spec.name for spec in SERVICES)
+        say(f"  consul   {names} registered, passing")
+
+
+async def warm_up(entry: Running, pool: httpcore.AsyncConnectionPool) -> None:
+    """Until the entry answers through the whole mesh: every caller's sidecar has seen its
+    peers (a watch may trail the agent by up to its rate limit, a second)."""
+    with anyio.fail_after(30):
+        while True:
+            response = await pool.request("GET", f"http://127.0.0.1:{entry.inbound}/")
+            if response.status == 200:
+                return
+            await anyio.sleep(0.1)
 
 
 async def load(
@@ -161,7 +206,9 @@ async def summary(
                     f"requests {endpoint['requests']}")  # fmt: skip
 
 
-async def stop_all(services: list[Running]) -> None:
+async def stop_all(
+    services: list[Running], agent: DevAgent | None, pool: httpcore.AsyncConnectionPool
+) -> None:
     for run in reversed(services):
         if run.process is not None and run.process.returncode is None:
             run.process.send_signal(signal.SIGTERM)
@@ -173,15 +220,65 @@ async def stop_all(services: list[Running]) -> None:
         if run.process is not None and run.process.returncode is None:
             run.process.kill()
             await run.process.wait()
+    if agent is not None and agent.process is not None:
+        # The sidecars deregistered on their way out; the agent goes last.
+        try:
+            with anyio.fail_after(5):
+                left = await agent.get_json(pool, "/v1/agent/services")
+            say(f"  consul registrations left: {len(left)}")
+        except (httpcore.NetworkError, httpcore.TimeoutException, ValueError, TimeoutError):
+            pass
+        await agent.stop()
+        say(f"  consul agent stopped (pid {agent.process.pid})")
     say("  all demo processes stopped")
 
 
-async def run_demo(duration: float, rps: float) -> int:
+async def start_agent(discovery: str, workdir: Path) -> DevAgent | None:
+    """The demo's Consul agent (not started yet), or None for the static catalog."""
+    if discovery == "static":
+        return None
+    binary, why = await find_consul()
+    if binary is None:
+        if discovery == "consul":
+            raise RuntimeError(f"no Consul agent available: {why}")
+        say(f"  no Consul agent ({why}): using a static catalog")
+        return None
+    return DevAgent(binary, workdir)
+
+
+@dataclass
+class Mesh:
+    """What the demo started, for the stop to find even when start-up was cut short."""
+
+    services: list[Running] = field(default_factory=list)
+    agent: DevAgent | None = None
+
+
+async def start_mesh(
+    mesh: Mesh, discovery: str, workdir: Path, pool: httpcore.AsyncConnectionPool
+) -> Running:
+    """Start the agent (if any) and every service; the entry service once it answers."""
+    mesh.agent = agent = await start_agent(discovery, workdir)
+    if agent is not None:
+        await agent.start(pool)
+        assert agent.process is not None
+        say(f"  started consul agent {agent.address}  (pid {agent.process.pid})")
+    await start_services(workdir, mesh.services, agent)
+    await wait_ready(mesh.services, pool)
+    entry = next(s for s in mesh.services if s.name == ENTRY)
+    if agent is not None:
+        await wait_registered(agent, pool)
+        await warm_up(entry, pool)
+    return entry
+
+
+async def run_demo(duration: float, rps: float, discovery: str = "static") -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
     say(f"== mesh demo: {len(SERVICES)} services, each behind its sidecar (logs in {workdir})")
-    services: list[Running] = []
+    mesh = Mesh()
     stats = Stats()
     stop = anyio.Event()
+    failed = False
     async with anyio.create_task_group() as outer:
         # Signals first: Ctrl-C or SIGTERM at any moment, start-up included, stops cleanly.
         await outer.start(stop_on_signals, stop.set)
@@ -189,23 +286,24 @@ async def run_demo(duration: float, rps: float) -> int:
             try:
                 with anyio.CancelScope() as running:
                     outer.start_soon(_cancel_when, stop, running)
-                    await start_services(workdir, services)
-                    await wait_ready(services, pool)
+                    entry = await start_mesh(mesh, discovery, workdir, pool)
                     say(f"== sending {rps:g} req/s to {ENTRY}; Ctrl-C to stop\n")
-                    entry = next(s for s in services if s.name == ENTRY)
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(load, entry, rps, stats, pool)
-                        tg.start_soon(live_view, services, stats, pool)
+                        tg.start_soon(live_view, mesh.services, stats, pool)
                         with anyio.move_on_after(duration if duration > 0 else None):
                             await stop.wait()
                         tg.cancel_scope.cancel()
                 if stats.sent:
-                    await summary(services, stats, pool)
+                    await summary(mesh.services, stats, pool)
+            except (RuntimeError, TimeoutError) as exc:
+                say(f"error: the demo could not start: {exc or 'timed out'}")
+                failed = True
             finally:
                 with anyio.CancelScope(shield=True):
-                    await stop_all(services)
+                    await stop_all(mesh.services, mesh.agent, pool)
         outer.cancel_scope.cancel()
-    return 0 if stats.ok or stop.is_set() else 1
+    return 1 if failed else 0 if stats.ok or stop.is_set() else 1
 
 
 async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
