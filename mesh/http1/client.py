@@ -133,6 +133,11 @@ class UpstreamConnection:
             self.transport.abort()
         self.closed = True
 
+    def eof_received(self) -> bool:
+        """The upstream finished sending: a close-delimited body ends here, and an idle
+        pooled connection is simply gone; `connection_lost` settles both."""
+        return False
+
     def pause_writing(self) -> None:
         self._write_paused = True
 

@@ -56,6 +56,7 @@ _SPECIAL: dict[bytes, int] = {
     b"x-forwarded-proto": _DROP,
     # Only this proxy vouches for a caller: a client's own copy is removed (Envoy SANITIZE).
     b"x-forwarded-client-cert": _DROP,
+    b"l5d-client-id": _DROP,  # Linkerd's caller-identity header: same rule
     b"x-request-id": _RID,
     b"expect": _EXPECT,
 }
@@ -205,6 +206,24 @@ class ServerConnection:
             self._parsing_body = None
         self._wake_drain()
         self._dispatch()  # an idle serving loop sees `closed` and ends
+
+    def eof_received(self) -> bool:
+        """The client finished sending (FIN, or TLS close_notify).
+
+        With a request in hand, keep the connection open to write its answer (a half-close
+        after the request is legal HTTP/1.1); an idle connection just closes.
+        """
+        body = self._parsing_body
+        if body is not None:
+            # A body cut short can never complete: its exchange fails (the upstream side
+            # is dropped) and the connection closes.
+            self._parsing_body = None
+            body.fail(BadRequest("client closed the connection mid-body"))
+            return False
+        if self.busy or self._queue:
+            return True
+        self.close()
+        return False
 
     def pause_writing(self) -> None:
         self._write_paused = True

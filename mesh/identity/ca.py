@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,18 @@ def _write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+#: What a SPIFFE ID can carry here (see mesh.identity.spiffe): lower-case DNS-like trust
+#: domains, and service names without path or URI syntax.
+_TRUST_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9.\-]{0,251}[a-z0-9])?")
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+#: Leaves longer-lived than this defeat the point of short-lived certificates.
+MAX_LEAF_TTL = dt.timedelta(days=366)
+
+
 def init(directory: Path, trust_domain: str, valid_days: int = 3650) -> Path:
     """Create a root CA in `directory`; refuses to overwrite an existing one."""
+    if not _TRUST_DOMAIN.fullmatch(trust_domain):
+        raise CaError(f"trust domain {trust_domain!r}: use lower-case letters, digits, '.', '-'")
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / ROOT_KEY).exists():
         raise CaError(f"{directory} already holds a CA ({ROOT_KEY} exists)")
@@ -138,6 +149,12 @@ def issue(
     Files are replaced atomically, key first, so a sidecar watching them never pairs a new
     certificate with an old key for longer than one reload.
     """
+    if not _SERVICE.fullmatch(service):
+        raise CaError(f"service name {service!r}: use letters, digits, '_', '.', '-'")
+    if not _SERVICE.fullmatch(datacenter):
+        raise CaError(f"datacenter {datacenter!r}: use letters, digits, '_', '.', '-'")
+    if not dt.timedelta(minutes=1) <= ttl <= MAX_LEAF_TTL:
+        raise CaError(f"ttl {ttl}: between 1 minute and {MAX_LEAF_TTL.days} days")
     ca_key, ca_cert, trust_domain = _load(ca_dir)
     identity = service_id(service, trust_domain, datacenter).uri
     key = ec.generate_private_key(ec.SECP256R1())

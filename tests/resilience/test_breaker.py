@@ -230,7 +230,8 @@ class BreakerMachine(RuleBasedStateMachine):
         self.last_open = period
         wait = b.probe_at - b.opened_at
         base = b.backoff_base(b.trips)
-        assert self.policy.backoff_min <= wait <= self.policy.backoff_max
+        # probe_at - opened_at is a difference of clock readings: allow float rounding.
+        assert self.policy.backoff_min - 1e-9 <= wait <= self.policy.backoff_max + 1e-9
         assert max(self.policy.backoff_min, (1 - self.policy.jitter) * base) - 1e-9 <= wait
         assert wait <= base + 1e-9
         if b.trips > 1:
