@@ -22,7 +22,6 @@ from mesh.cluster import Cluster
 from mesh.http1.client import UpstreamConnection
 from mesh.http1.pool import EndpointPool
 from mesh.http1.server import ConnectionTracker, ServerConnection
-from mesh.layers.route import Route
 from sidecar import stacks
 from sidecar.config import SidecarConfig
 
@@ -93,7 +92,7 @@ class Services:
 async def run(requests: int, connections: int) -> float:
     loop = asyncio.get_running_loop()
     config = SidecarConfig(service="bench")
-    handler = stacks.outbound_stack(config, Route(Services(config), fixed_service="app"))
+    handler = stacks.outbound_stack(config, Services(config).stack("app"))
     tracker = ConnectionTracker(config.limits.policy())
     remaining = requests
     done = asyncio.Event()

@@ -239,7 +239,9 @@ class Sidecar:
                     self.tls.listening_context if self.tls is not None else None,
                 )
             for upstream in config.upstreams:
-                route = Route(self.services, fixed_service=upstream.name)
+                # An upstream port is bound to one service: its stack is known now, and no
+                # per-request routing is needed.
+                route = self.services.stack(upstream.name)
                 await self._listen(
                     f"upstream:{upstream.name}",
                     "outbound",

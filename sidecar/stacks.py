@@ -1,6 +1,6 @@
 """The one visible place where each direction's layer stack is composed.
 
-    outbound: Rescue -> AccessLog -> ForwardedHeaders -> Route
+    outbound: Rescue -> AccessLog -> ForwardedHeaders -> [proxy port: Route]
                  -> per service: Deadline -> Balance -> Connect
     inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [mTLS: Authorize -> ClientCertHeader]
                  -> Deadline -> Balance -> Connect(app)

@@ -546,7 +546,11 @@ class ServerConnection:
                 and not self.tracker.draining
                 and (item.body is None or item.body.at_eof)
             )
-            ok = await self._respond(item, response, keep)
+            # Most responses are written whole right here; only a streamed body waits.
+            sent, error, stream = self._write_head(item, response, keep)
+            if stream is not None:
+                sent, error = await self._stream_rest(item, response, stream)
+            ok = self._completed(item, response, sent, error)
             self.busy = False
             if not (ok and keep) or (self.tracker.draining and not self._queue):
                 self.close()
@@ -568,15 +572,26 @@ class ServerConnection:
         """Write one response; False when the connection can no longer be used."""
         sent, error, stream = self._write_head(request, response, keep_alive)
         if stream is not None:
-            chunked = response.content_length is None and (
-                request is None or request.version == b"1.1"
-            )
-            sent = await self._stream_body(stream, chunked)
-            if sent < 0:
-                sent, error = -sent - 1, "response-aborted"
-            elif response.content_length is not None and sent != response.content_length:
-                self.abort("response body length did not match its Content-Length")
-                error = "response-aborted"
+            sent, error = await self._stream_rest(request, response, stream)
+        return self._completed(request, response, sent, error)
+
+    async def _stream_rest(
+        self, request: Request | None, response: Response, stream: Body
+    ) -> tuple[int, str]:
+        """Stream a body whose head is written; (bytes sent, error word or "")."""
+        chunked = response.content_length is None and (request is None or request.version == b"1.1")
+        sent = await self._stream_body(stream, chunked)
+        if sent < 0:
+            return -sent - 1, "response-aborted"
+        if response.content_length is not None and sent != response.content_length:
+            self.abort("response body length did not match its Content-Length")
+            return sent, "response-aborted"
+        return sent, ""
+
+    def _completed(
+        self, request: Request | None, response: Response, sent: int, error: str
+    ) -> bool:
+        """Run the request's completion callbacks; False when the connection is unusable."""
         if request is not None and request.on_complete is not None:
             for callback in request.on_complete:
                 try:

@@ -21,6 +21,7 @@ class Balance:
 
     async def handle(self, request: Request) -> Response:
         cluster = self.cluster
+        request.service = cluster.name
         states = cluster.states
         if not states and not cluster.answered:
             await cluster.wait_answered(FIRST_ANSWER_WAIT)

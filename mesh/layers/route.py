@@ -1,8 +1,8 @@
-"""Outbound routing: which upstream service a request is for.
+"""Proxy-mode routing: which upstream service a request is for, by its authority's host.
 
-An upstream listener is bound to one service. The HTTP-proxy listener routes by the
-authority's host name; a host that is no mesh service goes to passthrough (its real
-destination) or is refused, as configured.
+A host that is no mesh service goes to passthrough (its real destination) or is refused, as
+configured. An upstream listener needs no routing: it is bound to one service's stack when
+the sidecar starts.
 """
 
 from __future__ import annotations
@@ -27,24 +27,13 @@ def host_of(authority: bytes) -> str:
 
 
 class Route:
-    def __init__(
-        self,
-        services: ServiceStacks,
-        fixed_service: str | None = None,
-        passthrough: Handler | None = None,
-    ) -> None:
+    def __init__(self, services: ServiceStacks, passthrough: Handler | None = None) -> None:
         self.services = services
-        self.fixed_service = fixed_service
         self.passthrough = passthrough
-        self.inner = services.stack(fixed_service) if fixed_service else None
 
     async def handle(self, request: Request) -> Response:
-        if self.inner is not None:
-            request.service = self.fixed_service or ""
-            return await self.inner.handle(request)
         host = host_of(request.authority)
         if self.services.knows(host):
-            request.service = host
             return await self.services.stack(host).handle(request)
         if self.passthrough is None:
             raise PassthroughDenied(f"{host!r} is not a mesh service and passthrough is off")
