@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import ConfigError, build
-from tests.sidecar.helpers import run_mesh, write_yaml
+from tests.sidecar.helpers import run_mesh
+from tests.support.processes import write_yaml
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,40 +15,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.support.processes import MeshProcess, free_port
+from tests.support.processes import MeshProcess, Sidecars, free_port, write_yaml
 from tests.support.rawclient import parse_head, send_raw
 from tests.support.upstream import RecordingUpstream
-
-
-class Sidecars:
-    """Sidecar processes owned by one module; killed by PID when the module ends."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[MeshProcess] = []
-
-    def start(self, *args: str, name: str) -> MeshProcess:
-        proc = MeshProcess.sidecar(self.log_dir, *args, name=name, wait_ready=False)
-        self.started.append(proc)
-        proc.wait_ready()
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            if proc.proc.poll() is None:
-                proc.proc.kill()
-                proc.proc.wait(5)
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @dataclass

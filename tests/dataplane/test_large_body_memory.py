@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.dataplane.conftest import MeshPair, Sidecars, start_pair
+from tests.dataplane.conftest import MeshPair, start_pair
+from tests.support.processes import Sidecars
 from tests.support.rawclient import HttpConnection
 from tests.support.upstream import RecordingUpstream, Reply
 

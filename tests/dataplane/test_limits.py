@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.dataplane.conftest import Sidecars, write_yaml
-from tests.support.processes import MeshProcess, free_port
+from tests.support.processes import MeshProcess, Sidecars, free_port, write_yaml
 from tests.support.rawclient import HttpConnection, RawResult, parse_head, send_raw
 from tests.support.upstream import RecordingUpstream
 

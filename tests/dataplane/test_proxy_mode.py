@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.dataplane.conftest import MeshPair, Sidecars, write_yaml
-from tests.support.processes import MeshProcess, free_port
+from tests.dataplane.conftest import MeshPair
+from tests.support.processes import MeshProcess, Sidecars, free_port, write_yaml
 from tests.support.rawclient import HttpConnection, Response
 from tests.support.upstream import RecordingUpstream
 

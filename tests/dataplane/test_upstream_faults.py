@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.dataplane.conftest import MeshPair, Sidecars, write_yaml
-from tests.support.processes import MeshProcess, free_port, wait_until
+from tests.dataplane.conftest import MeshPair
+from tests.support.processes import MeshProcess, Sidecars, free_port, wait_until, write_yaml
 from tests.support.rawclient import HttpConnection, IncompleteResponse, Response
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply, echo_sha256
 

@@ -25,13 +25,11 @@ import pytest
 
 from tests.identity.conftest import (
     LogWatch,
-    Sidecars,
     assert_nothing_reached,
     marker,
-    write_yaml,
 )
 from tests.support.certs import Leaf, Pki, client_context, spiffe_id
-from tests.support.processes import MeshProcess, free_port, wait_until
+from tests.support.processes import MeshProcess, Sidecars, free_port, wait_until, write_yaml
 from tests.support.rawclient import HttpConnection, Response, parse_head, send_raw
 from tests.support.tlsclient import SourcedHttpConnection, TlsHttpConnection
 from tests.support.upstream import RecordingUpstream

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.identity.conftest import Sidecars, marker, write_yaml
+from tests.identity.conftest import marker
 from tests.support.certs import Leaf, Pki, spiffe_id
-from tests.support.processes import MeshProcess, free_port, wait_until
+from tests.support.processes import MeshProcess, Sidecars, free_port, wait_until, write_yaml
 from tests.support.rawclient import HttpConnection, Response
 from tests.support.tlspeer import TlsRecordingPeer
 from tests.support.upstream import RecordingUpstream

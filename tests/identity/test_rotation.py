@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.identity.conftest import LogWatch, Sidecars, write_yaml
+from tests.identity.conftest import LogWatch
 from tests.support.certs import Leaf, Pki, client_context, server_serial, spiffe_id
-from tests.support.processes import MESH, MeshProcess, free_port, wait_until
+from tests.support.processes import MESH, MeshProcess, Sidecars, free_port, wait_until, write_yaml
 from tests.support.rawclient import HttpConnection, IncompleteResponse
 from tests.support.tlsclient import TlsHttpConnection
 from tests.support.tlspeer import TlsRecordingPeer

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.identity.conftest import Sidecars
 from tests.support.certs import Leaf, Pki
-from tests.support.processes import free_port
+from tests.support.processes import Sidecars, free_port
 from tests.support.upstream import RecordingUpstream
 
 pytestmark = pytest.mark.timeout(60)

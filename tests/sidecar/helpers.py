@@ -9,19 +9,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from tests.support.processes import MESH, REPO
 
 #: The identity the static catalog gives an endpoint listed under `service`.
 IDENTITY = "spiffe://mesh.local/ns/default/dc/dc1/svc/{}"
-
-
-def write_yaml(path: Path, data: Any) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def run_mesh(*args: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.sidecar.helpers import IDENTITY, write_yaml
-from tests.support.processes import MeshProcess, free_port, http_get, wait_until
+from tests.sidecar.helpers import IDENTITY
+from tests.support.processes import MeshProcess, free_port, http_get, wait_until, write_yaml
 from tests.support.upstream import RecordingUpstream
 
 pytestmark = pytest.mark.timeout(30)

@@ -27,9 +27,8 @@ from tests.sidecar.helpers import (
     start_time,
     still_running,
     stop_leftovers,
-    write_yaml,
 )
-from tests.support.processes import MeshProcess, free_port, wait_until
+from tests.support.processes import MeshProcess, free_port, wait_until, write_yaml
 from tests.support.upstream import RecordingUpstream
 
 pytestmark = pytest.mark.timeout(40)

@@ -24,8 +24,8 @@ from sidecar.config import (
     build,
     parse_upstream_flag,
 )
-from tests.sidecar.helpers import refuses, run_mesh, write_yaml
-from tests.support.processes import MeshProcess, free_port, http_get
+from tests.sidecar.helpers import refuses, run_mesh
+from tests.support.processes import MeshProcess, free_port, http_get, write_yaml
 
 pytestmark = pytest.mark.timeout(30)
 

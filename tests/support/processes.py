@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 MESH = str(Path(sys.executable).with_name("mesh"))
 
@@ -124,3 +126,29 @@ class MeshProcess:
             self.proc.kill()
             self.proc.wait(5)
             raise AssertionError(f"{self.name} did not exit within {timeout}s") from None
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Sidecars:
+    """Sidecar processes owned by one module; killed by PID when the module ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[MeshProcess] = []
+
+    def start(self, *args: str, name: str, wait_ready: bool = True) -> MeshProcess:
+        proc = MeshProcess.sidecar(self.log_dir, *args, name=name, wait_ready=False)
+        self.started.append(proc)
+        if wait_ready:
+            proc.wait_ready()
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.proc.poll() is None:
+                proc.proc.kill()
+                proc.proc.wait(5)
