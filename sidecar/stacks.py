@@ -5,6 +5,9 @@
                     -> [Retry] -> HealthyBalance -> Bulkhead -> Connect
     inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [mTLS: Authorize -> ClientCertHeader]
                  -> Deadline -> [FaultInjection] -> Bulkhead -> Balance -> Connect(app)
+    gateway:  Rescue -> AccessLog -> ForwardedHeaders -> GatewayRoute -> per route:
+                 [Deadline] -> [JWT | API key] -> [RateLimit] -> [Compress] -> [Cache]
+                 -> [PrefixRewrite] -> the service's cluster stack
 
 The inbound side does not retry: its one endpoint is the local app, and the caller's
 sidecar retries what is worth retrying, with its budget.
@@ -104,3 +107,9 @@ def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = No
 
 def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:
     return compose(route, edge_layers(config, "outbound"))
+
+
+def gateway_stack(config: SidecarConfig, routes: Handler) -> Handler:
+    """The ingress gateway's listeners: the edge, then its route table (whose routes end in
+    `cluster_stack`s, see `sidecar.gateway.route_stack`)."""
+    return compose(routes, edge_layers(config, "inbound"))

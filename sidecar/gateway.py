@@ -1,0 +1,183 @@
+"""The ingress gateway process: a sidecar whose public side is a route table.
+
+Everything else is the sidecar's: discovery (static catalog or Consul), one cluster stack
+per upstream service (deadlines, balancing, and whatever resilience `cluster_stack` adds),
+mTLS to the mesh under the gateway's own identity (so the upstream sidecars' authorization
+decides what it may reach), the admin API, drain on SIGTERM. The gateway adds its outside
+listeners (HTTP, and HTTPS with its own certificate, no client certificate asked) and its
+route stacks, and is ready once every route's service has been discovered and every JWT
+provider's keys have loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+from discovery.resolver import Resolver
+from mesh.gateway.api_keys import ApiKeyAuthenticate, ApiKeyError, load_keys
+from mesh.gateway.cache import Cache, ResponseStore
+from mesh.gateway.compress import Compress
+from mesh.gateway.config import RouteConfig
+from mesh.gateway.jwks import KeySet
+from mesh.gateway.jwt_auth import JwtAuthenticate
+from mesh.gateway.ratelimit import RateLimit
+from mesh.gateway.routes import GatewayRoute, PrefixRewrite, RouteEntry, RouteTable
+from mesh.layers.deadline import Deadline
+from mesh.stack import Handler, LayerFactory, compose
+from sidecar import stacks
+from sidecar.config import ConfigError
+from sidecar.gateway_config import GatewayConfig
+from sidecar.runtime import Hooks, Sidecar
+
+log = logging.getLogger("sidecar.gateway")
+
+
+def public_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """For outside clients: TLS 1.2+, forward-secret AEAD suites, no client certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class Gateway(Sidecar):
+    config: GatewayConfig
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        resolver: Resolver | None = None,
+        hooks: Sequence[Hooks] = (),
+    ) -> None:
+        super().__init__(config, resolver, hooks)
+        self.key_sets = {name: KeySet(name, p) for name, p in config.jwt_providers.items()}
+        self.api_keys = {name: load_keys(p) for name, p in config.api_keys.items()}
+        self.cache = ResponseStore(config.cache.max_bytes, config.cache.max_entry_bytes)
+        self.route_stacks: dict[str, Handler] = {}
+
+    def _reserve_own_ports(self) -> None:
+        super()._reserve_own_ports()
+        ingress = self.config.ingress
+        for address in (ingress.listen, ingress.https.listen if ingress.https else None):
+            if address is not None and int(address.rsplit(":", 1)[1]):
+                self._own_ports.add(int(address.rsplit(":", 1)[1]))
+
+    def route_stack(self, index: int, route: RouteConfig) -> Handler:
+        """One route's layers, outermost first, ending in its service's cluster stack."""
+        config = self.config
+        assert self.services is not None
+        name = route.name or f"route-{index}"
+        layers: list[LayerFactory] = []
+        if route.timeout is not None:
+            timeout = route.timeout
+            layers.append(lambda inner: Deadline(inner, timeout))
+        auth = route.auth
+        if auth.kind == "jwt":
+            keys = self.key_sets[auth.name]
+            layers.append(lambda inner: JwtAuthenticate(inner, keys, name))
+        elif auth.kind == "api_key":
+            key_set, digests = config.api_keys[auth.name], self.api_keys[auth.name]
+            layers.append(lambda inner: ApiKeyAuthenticate(inner, key_set, digests, name))
+        limit = route.rate_limit
+        if limit is not None:
+            layers.append(lambda inner: RateLimit(inner, limit, name))
+        if route.compress:
+            layers.append(lambda inner: Compress(inner, config.compression))
+        if route.cache and config.cache.max_bytes > 0:
+            authenticated = auth.kind != "public"
+            layers.append(lambda inner: Cache(inner, self.cache, authenticated))
+        rewrite = route.rewrite
+        if rewrite is not None:
+            prefix = route.prefix
+            layers.append(lambda inner: PrefixRewrite(inner, prefix, rewrite))
+        return compose(self.services.stack(route.service), layers)
+
+    def reserved_headers(self) -> frozenset[bytes]:
+        """Headers only the gateway sets from verified credentials."""
+        names = {
+            h for p in self.config.jwt_providers.values() for h in p.claims_to_headers.values()
+        }
+        names |= {s.consumer_header for s in self.config.api_keys.values()}
+        return frozenset(n.encode() for n in names)
+
+    async def _add_listeners(self) -> None:
+        config = self.config
+        for keys in self.key_sets.values():
+            self._spawn(keys.run)
+        entries = []
+        for index, route in enumerate(config.routes):
+            stack = self.route_stack(index, route)
+            name = route.name or f"route-{index}"
+            self.route_stacks[name] = stack
+            prefix = route.prefix if route.case_sensitive else route.prefix.lower()
+            entries.append(
+                RouteEntry(name, route.hosts, prefix.encode(), route.case_sensitive, stack)
+            )
+        handler = stacks.gateway_stack(
+            config, GatewayRoute(RouteTable(entries), self.reserved_headers())
+        )
+        ingress = config.ingress
+        if ingress.listen is not None:
+            await self._listen("gateway", "inbound", ingress.listen, handler)
+        if ingress.https is not None:
+            https = ingress.https
+            context = public_tls_context(str(https.cert), str(https.key))
+            await self._listen("gateway-https", "inbound", https.listen, handler, context)
+
+    def readiness(self, include_app: bool = True) -> tuple[bool, str]:
+        ready, why = super().readiness(include_app)
+        if not ready:
+            return ready, why
+        waiting = [name for name, keys in self.key_sets.items() if not keys.loaded]
+        if waiting:
+            return False, "waiting for JWT keys: " + ", ".join(sorted(waiting))
+        return True, "ok"
+
+    def gateway_snapshot(self) -> dict[str, Any]:
+        return {
+            "routes": [
+                {
+                    "name": r.name or f"route-{i}",
+                    "hosts": list(r.hosts),
+                    "prefix": r.prefix,
+                    "service": r.service,
+                    "auth": r.auth.kind,
+                }
+                for i, r in enumerate(self.config.routes)
+            ],
+            "jwks": {name: keys.statistics() for name, keys in self.key_sets.items()},
+            "cache": self.cache.statistics(),
+        }
+
+
+def make_gateway(config: GatewayConfig) -> Gateway:
+    """A gateway with the discovery source its config names (static catalog or Consul)."""
+    try:
+        if config.consul.address is None:
+            return Gateway(config)
+        from sidecar.consul_wiring import ConsulHooks
+
+        hooks = ConsulHooks(config)
+        return Gateway(config, hooks.resolver, [hooks])
+    except ApiKeyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def serve_gateway_until_signal(config: GatewayConfig) -> None:
+    import anyio
+
+    from sidecar.signals import stop_on_signals
+
+    gateway = make_gateway(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(stop_on_signals, gateway.request_stop)
+        await tg.start(gateway.serve)
+        log.info("gateway ready")
+        await gateway.wait_stopped()
+        tg.cancel_scope.cancel()
