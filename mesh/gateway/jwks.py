@@ -1,7 +1,7 @@
 """A JWT provider's signing keys (a JWKS document from a file or a URL), kept fresh.
 
 The set is loaded at start, re-read every `refresh_interval`, and once more when a token
-names a key id the set lacks (the issuer has rotated), but at most every
+names a key id the set lacks (the issuer has rotated), such forced refreshes at most once per
 `min_refresh_interval`: tokens with invented key ids cannot make the gateway hammer the
 issuer. A failed refresh keeps the keys it had. URLs are fetched with httpcore, in the
 gateway's task group; requests waiting for a refresh await its completion, not the fetch.
@@ -66,7 +66,7 @@ class KeySet:
         self.loaded = False
         self.fetches = 0
         self.last_error = ""
-        self._last_attempt = -1e9
+        self._last_forced = -1e9
         self._wanted = anyio.Event()
         self._pending: asyncio.Future[None] | None = None
 
@@ -83,8 +83,10 @@ class KeySet:
         completes when it is done. None when one ran too recently to try again."""
         if self._pending is not None:
             return self._pending
-        if time.monotonic() - self._last_attempt < self.policy.min_refresh_interval:
+        now = time.monotonic()
+        if now - self._last_forced < self.policy.min_refresh_interval:
             return None
+        self._last_forced = now
         self._pending = asyncio.get_running_loop().create_future()
         self._wanted.set()
         return self._pending
@@ -108,7 +110,6 @@ class KeySet:
                 self._wanted = anyio.Event()
 
     async def _load(self, http: httpcore.AsyncConnectionPool) -> None:
-        self._last_attempt = time.monotonic()
         self.fetches += 1
         source = str(self.policy.jwks_file or self.policy.jwks_url)
         try:

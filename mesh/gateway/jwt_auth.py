@@ -69,7 +69,7 @@ class JwtAuthenticate:
         if kid is not None and not isinstance(kid, str):
             raise self._fail("malformed key id")
         candidates = self._candidates(kid, alg)
-        if not candidates and kid is not None:
+        if kid is not None and kid not in self.keys.by_id:
             refreshed = self.keys.refresh_soon()
             if refreshed is not None:
                 await refreshed
