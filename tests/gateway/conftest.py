@@ -154,8 +154,11 @@ class Gateway:
 def start_gateway(
     log_dir: Path, config: dict[str, Any], name: str = "gateway", wait_ready: bool = True
 ) -> Gateway:
-    port = free_port()
-    config = {"ingress": {"listen": f"127.0.0.1:{port}"}, **config}
+    if "ingress" in config:
+        port = int(config["ingress"]["listen"].rsplit(":", 1)[1])
+    else:
+        port = free_port()
+        config = {"ingress": {"listen": f"127.0.0.1:{port}"}, **config}
     path = write_yaml(log_dir / f"{name}.yaml", config)
     admin = free_port()
     proc = MeshProcess(
