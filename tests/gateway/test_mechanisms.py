@@ -1,0 +1,110 @@
+"""The gateway's pure pieces without a network: path normalisation, token buckets, the
+response store's byte budget, Accept-Encoding, and config errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh.errors import BadRequest
+from mesh.gateway.cache import Entry, ResponseStore
+from mesh.gateway.compress import choose_encoding
+from mesh.gateway.paths import normalise_path
+from mesh.gateway.ratelimit import TokenBuckets
+from sidecar.config import ConfigError, build
+from sidecar.gateway_config import GatewayConfig
+from tests.support.processes import write_yaml
+
+SEGMENT = st.sampled_from(
+    ["a", "admin", ".", "..", "", "%2e", "%2E%2e", "%41", "b;x=1", "%7e", "%20", "%2F", "%00"]
+)
+
+
+@given(st.lists(SEGMENT, max_size=8))
+def test_normal_form_is_stable_and_has_no_dot_segments(segments: list[str]) -> None:
+    raw = ("/" + "/".join(segments)).encode()
+    try:
+        once = normalise_path(raw)
+    except BadRequest:
+        return
+    assert normalise_path(once) == once
+    parts = once.split(b"/")
+    assert b".." not in parts and b"." not in parts
+    assert b"//" not in once
+    assert b"%2E" not in once.upper()
+
+
+def test_token_buckets_refill_and_stay_bounded() -> None:
+    buckets = TokenBuckets(rate=2.0, burst=2, max_keys=100)
+    assert [buckets.take("a", 0.0).allowed for _ in range(3)] == [True, True, False]
+    refused = buckets.take("a", 0.0)
+    assert refused.retry_after == pytest.approx(0.5)
+    assert buckets.take("a", 0.5).allowed
+    for i in range(10_000):
+        buckets.take(f"flood-{i}", 1.0)
+    assert len(buckets) == 100
+
+
+def test_the_store_evicts_the_least_recently_used_within_its_budget() -> None:
+    store = ResponseStore(max_bytes=3000, max_entry_bytes=1500)
+
+    def entry(size: int) -> Entry:
+        return Entry(200, [], b"x" * size, 0.0, 100.0, 0.0, size)
+
+    for name in (b"/a", b"/b", b"/c"):
+        store.store(b"h", name, (), [], entry(900))
+    assert store.lookup(b"h", b"/a", [], 1.0) is not None  # /a is now the most recent
+    store.store(b"h", b"/d", (), [], entry(900))
+    assert store.size <= 3000
+    assert store.lookup(b"h", b"/b", [], 1.0) is None
+    assert store.lookup(b"h", b"/a", [], 1.0) is not None
+    store.store(b"h", b"/big", (), [], entry(2000))  # over max_entry_bytes: not kept
+    assert store.lookup(b"h", b"/big", [], 1.0) is None
+    assert store.lookup(b"h", b"/a", [], 200.0) is None  # expired
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, None),
+        (b"gzip", b"gzip"),
+        (b"br, gzip", b"br"),
+        (b"br;q=0, gzip;q=0.5", b"gzip"),
+        (b"*", b"br"),
+        (b"*;q=0, identity", None),
+        (b"deflate", None),
+    ],
+)
+def test_accept_encoding(accept: bytes | None, expected: bytes | None) -> None:
+    assert choose_encoding(accept, brotli_available=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"routes": [{"prefix": "/x", "service": "s", "auth": {"jwt": "nope"}}]},
+         "routes.0.auth: unknown JWT provider 'nope'"),
+        ({"routes": [{"prefix": "/x/../y", "service": "s"}]},
+         "routes.0.prefix"),
+        ({"routes": [{"prefix": "/x", "service": "s", "rate_limit": {"requests": 0}}]},
+         "routes.0.rate_limit.requests"),
+        ({"routes": [{"prefix": "/x", "service": "s",
+                      "rate_limit": {"requests": 5, "key": "sub"}}]},
+         "routes.0.rate_limit.key: sub needs JWT auth"),
+        ({"routes": [{"prefix": "/x", "service": "s", "auth": "magic"}]},
+         "routes.0.auth"),
+        ({"routes": [{"prefix": "/x", "service": "s"}], "listen": "127.0.0.1:1", "app_port": 2},
+         "a gateway has no local app"),
+        ({"routes": [{"prefix": "/x", "service": "s"}], "rootes": []}, "rootes: unknown key"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_the_key(
+    tmp_path: Path, config: dict[str, object], message: str
+) -> None:
+    path = write_yaml(tmp_path / "gateway.yaml", {"ingress": {"listen": "127.0.0.1:0"}, **config})
+    with pytest.raises(ConfigError) as error:
+        build(path, {}, model=GatewayConfig)
+    assert message in str(error.value)
