@@ -5,7 +5,8 @@
                     -> [Retry] -> HealthyBalance -> Bulkhead -> Connect
     inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [mTLS: Authorize -> ClientCertHeader]
                  -> Deadline -> [FaultInjection] -> Bulkhead -> Balance -> Connect(app)
-    gateway:  Rescue -> AccessLog -> ForwardedHeaders -> GatewayRoute -> per route:
+    gateway:  Rescue -> DropClientTraceContext -> AccessLog -> ForwardedHeaders -> GatewayRoute
+                 -> per route:
                  [Deadline] -> [JWT | API key] -> [RateLimit] -> [Compress] -> [Cache]
                  -> [PrefixRewrite] -> the service's cluster stack
 
@@ -110,6 +111,11 @@ def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:
 
 
 def gateway_stack(config: SidecarConfig, routes: Handler) -> Handler:
-    """The ingress gateway's listeners: the edge, then its route table (whose routes end in
-    `cluster_stack`s, see `sidecar.gateway.route_stack`)."""
-    return compose(routes, edge_layers(config, "inbound"))
+    """The ingress gateway's listeners: the edge (outside clients' trace context dropped
+    first: the gateway's span is the root), then its route table (whose routes end in
+    `cluster_stack`s, see `sidecar.gateway.Gateway.route_stack`)."""
+    from mesh.gateway.edge import DropClientTraceContext
+
+    layers = list(edge_layers(config, "inbound"))
+    layers.insert(1, DropClientTraceContext)  # right inside Rescue
+    return compose(routes, layers)

@@ -169,3 +169,14 @@ def test_a_valid_token_passes_a_normalised_admin_path(
     bearer = [("Authorization", f"Bearer {token(keys)}")]
     assert gateway.get("/public/../admin/stats", bearer).status == 200
     assert seen(upstreams["admin"]) == ["/admin/stats"]
+
+
+def test_outside_trace_context_does_not_reach_the_mesh(
+    gateway: Gateway, upstreams: dict[str, RecordingUpstream]
+) -> None:
+    client_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = [("traceparent", client_parent), ("X-B3-TraceId", "463ac35c9f6413ad")]
+    assert gateway.get("/users/1", headers).status == 200
+    (request,) = upstreams["users"].requests
+    assert request.header("traceparent") != client_parent
+    assert request.header("x-b3-traceid") is None
