@@ -64,6 +64,10 @@ class KeySet:
         self.by_id: dict[str, PyJWK] = {}
         self.unnamed: list[PyJWK] = []
         self.loaded = False
+        #: Changes whenever the keys do: verified tokens remembered under another
+        #: generation are checked again (a key the issuer withdrew stops working at once).
+        self.generation = 0
+        self._document = b""
         self.fetches = 0
         self.last_error = ""
         self._last_forced = -1e9
@@ -114,7 +118,10 @@ class KeySet:
         source = str(self.policy.jwks_file or self.policy.jwks_url)
         try:
             document = await self._read(http)
-            self.by_id, self.unnamed = parse_jwks(document)
+            if document != self._document:
+                self.by_id, self.unnamed = parse_jwks(document)
+                self._document = document
+                self.generation += 1
         except Exception as exc:  # any failure keeps the keys we have; say why
             self.last_error = f"{source}: {exc}"
             log.warning(

@@ -8,12 +8,19 @@ travel upstream as headers (the route layer removed any client copies), the toke
 is removed unless `forward_token`, and the subject becomes the request's principal (for
 rate limits keyed by `sub`). Any failure is `401 unauthenticated` with a `WWW-Authenticate:
 Bearer` challenge (RFC 6750), and nothing is sent upstream.
+
+Verified tokens are remembered (bounded, least recently used dropped first) with their
+validity window, so a client repeating its token costs a lookup instead of a signature
+check; a change of the key set forgets them all.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
+from collections import OrderedDict
+from typing import Any
 
 import jwt
 from jwt import PyJWK
@@ -25,6 +32,8 @@ from mesh.gateway.jwks import KeySet
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
+#: Verified tokens remembered per route.
+VERIFIED_CACHE_SIZE = 10_000
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
@@ -46,6 +55,8 @@ class JwtAuthenticate:
         self.required = ["exp"] if policy.require_exp else []
         self._realm = b'Bearer realm="%s"' % _UNSAFE.sub("", realm).encode()
         self.refused = 0
+        #: token -> (claims, valid from, valid until, key set generation)
+        self._verified: OrderedDict[str, tuple[dict[str, Any], float, float, int]] = OrderedDict()
 
     def _fail(self, why: str) -> Unauthenticated:
         self.refused += 1
@@ -58,6 +69,43 @@ class JwtAuthenticate:
         if token is None:
             self.refused += 1
             raise Unauthenticated("this route needs a bearer token", self._realm)
+        claims = self._remembered(token)
+        if claims is None:
+            claims = await self._check(token)
+        if not self.policy.forward_token:
+            request.headers = [(n, v) for n, v in request.headers if n != b"authorization"]
+        for claim, name in self.claims:
+            value = claims.get(claim)
+            if value is not None:
+                request.headers.append((name, header_value(value)))
+        subject = claims.get("sub")
+        request.peer_identity = subject if isinstance(subject, str) else ""
+        return await self.inner.handle(request)
+
+    def _remembered(self, token: str) -> dict[str, Any] | None:
+        entry = self._verified.get(token)
+        if entry is None:
+            return None
+        claims, not_before, until, generation = entry
+        now = time.time()
+        if generation != self.keys.generation or not not_before <= now <= until:
+            del self._verified[token]  # checked again in full, for the precise error
+            return None
+        self._verified.move_to_end(token)
+        return claims
+
+    def _remember(self, token: str, claims: dict[str, Any]) -> None:
+        skew = self.policy.clock_skew
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        until = float(exp) + skew if isinstance(exp, int | float) else float("inf")
+        not_before = float(nbf) - skew if isinstance(nbf, int | float) else float("-inf")
+        verified = self._verified
+        if len(verified) >= VERIFIED_CACHE_SIZE:
+            verified.popitem(last=False)
+        verified[token] = (claims, not_before, until, self.keys.generation)
+
+    async def _check(self, token: str) -> dict[str, Any]:
+        """Verify in full: header, key, signature, claims."""
         try:
             header = jwt.get_unverified_header(token)
         except PyJWTError as exc:
@@ -77,15 +125,8 @@ class JwtAuthenticate:
         if not candidates:
             raise self._fail(f"no {alg} key {kid or '(no kid)'} in the issuer's key set")
         claims = self._verify(token, alg, candidates)
-        if not self.policy.forward_token:
-            request.headers = [(n, v) for n, v in request.headers if n != b"authorization"]
-        for claim, name in self.claims:
-            value = claims.get(claim)
-            if value is not None:
-                request.headers.append((name, header_value(value)))
-        subject = claims.get("sub")
-        request.peer_identity = subject if isinstance(subject, str) else ""
-        return await self.inner.handle(request)
+        self._remember(token, claims)
+        return claims
 
     def _candidates(self, kid: str | None, alg: str) -> list[PyJWK]:
         if kid is not None:
@@ -95,12 +136,12 @@ class JwtAuthenticate:
             found = [*self.keys.unnamed, *self.keys.by_id.values()]
         return [k for k in found if k.algorithm_name == alg]
 
-    def _verify(self, token: str, alg: str, candidates: list[PyJWK]) -> dict[str, object]:
+    def _verify(self, token: str, alg: str, candidates: list[PyJWK]) -> dict[str, Any]:
         policy = self.policy
         error: PyJWTError | None = None
         for key in candidates[:4]:
             try:
-                claims: dict[str, object] = jwt.decode(
+                claims: dict[str, Any] = jwt.decode(
                     token,
                     key.key,
                     algorithms=[alg],

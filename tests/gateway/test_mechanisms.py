@@ -108,3 +108,44 @@ def test_config_errors_name_the_key(
     with pytest.raises(ConfigError) as error:
         build(path, {}, model=GatewayConfig)
     assert message in str(error.value)
+
+
+def test_verified_tokens_are_remembered_until_the_key_set_changes(tmp_path: Path) -> None:
+    import json as _json
+
+    import jwt
+
+    from mesh.errors import Unauthenticated
+    from mesh.gateway.config import JwtProviderConfig
+    from mesh.gateway.jwks import KeySet, parse_jwks
+    from mesh.gateway.jwt_auth import JwtAuthenticate
+    from tests.gateway.conftest import HS_SECRET, b64url
+    from tests.support.fakes import make_request, run
+
+    def document(secret: bytes) -> bytes:
+        key = {"kty": "oct", "k": b64url(secret), "kid": "hs1", "alg": "HS256"}
+        return _json.dumps({"keys": [key]}).encode()
+
+    keys = KeySet("p", JwtProviderConfig(jwks_file=tmp_path / "unused", algorithms=("HS256",)))
+    keys.by_id, keys.unnamed = parse_jwks(document(HS_SECRET))
+    seen: list[str] = []
+
+    class Inner:
+        async def handle(self, request: object) -> object:
+            seen.append(getattr(request, "peer_identity", ""))
+            return object()
+
+    auth = JwtAuthenticate(Inner(), keys, "r")  # type: ignore[arg-type]
+    token = jwt.encode({"sub": "ann", "exp": 4_000_000_000}, HS_SECRET, "HS256", {"kid": "hs1"})
+
+    def call() -> None:
+        run(auth.handle(make_request(headers=[(b"authorization", b"Bearer " + token.encode())])))
+
+    call()
+    # The issuer replaced the key; until the set is reloaded, the token is remembered.
+    keys.by_id, keys.unnamed = parse_jwks(document(b"another-secret-of-thirty-two-byt"))
+    call()
+    assert seen == ["ann", "ann"]
+    keys.generation += 1  # what a reload that changed the set does
+    with pytest.raises(Unauthenticated):
+        call()
