@@ -149,3 +149,19 @@ def test_verified_tokens_are_remembered_until_the_key_set_changes(tmp_path: Path
     keys.generation += 1  # what a reload that changed the set does
     with pytest.raises(Unauthenticated):
         call()
+
+
+def test_the_command_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.support.processes import MESH
+
+    path = write_yaml(
+        tmp_path / "gateway.yaml",
+        {"ingress": {"listen": "127.0.0.1:0"}, "routes": [{"prefix": "/x", "service": ""}]},
+    )
+    done = subprocess.run(
+        [MESH, "gateway", "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert "config error: routes.0.service" in done.stderr

@@ -23,6 +23,7 @@ from tests.gateway.conftest import (
     stop,
     token,
 )
+from tests.support.processes import wait_until
 from tests.support.rawclient import send_raw
 from tests.support.upstream import RecordingUpstream
 
@@ -38,6 +39,7 @@ def gateway(
     log_dir = tmp_path_factory.mktemp("routing")
     config = {
         "catalog": str(catalog_for(log_dir, upstreams)),
+        "access_log": True,
         "jwt_providers": {
             "shop": {"issuer": "https://auth.shop.test", "audiences": ["shop-api"],
                      "jwks_url": jwks_server.url},
@@ -96,11 +98,18 @@ def test_the_host_picks_the_virtual_host(
 def test_a_jwt_route_without_a_token_is_refused_before_the_upstream(
     gateway: Gateway, upstreams: dict[str, RecordingUpstream]
 ) -> None:
-    response = gateway.get("/orders/1")
+    response = gateway.get("/orders/1?secret=1")
     assert response.status == 401
     assert response.get("x-mesh-error") == "unauthenticated"
     assert response.get("www-authenticate") == 'Bearer realm="orders"'
     assert nothing_reached(upstreams["orders"])
+    wait_until(
+        lambda: any(r["path"] == "/orders/1" for r in gateway.proc.access_log()),
+        5,
+        "the access log line",
+    )
+    (line,) = [r for r in gateway.proc.access_log() if r["path"] == "/orders/1"]
+    assert (line["status"], line["mesh_error"]) == (401, "unauthenticated")
 
 
 @pytest.mark.parametrize(
