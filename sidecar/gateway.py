@@ -1,7 +1,8 @@
 """The ingress gateway process: a sidecar whose public side is a route table.
 
-Everything else is the sidecar's: discovery (static catalog or Consul), one cluster stack
-per upstream service (deadlines, balancing, and whatever resilience `cluster_stack` adds),
+Everything else is the sidecar's: discovery (static catalog or Consul), one upstream stack
+per service (deadline, retries with budget, breakers, outlier ejection, bulkhead: whatever
+`stacks.upstream_stack` composes),
 mTLS to the mesh under the gateway's own identity (so the upstream sidecars' authorization
 decides what it may reach), the admin API, drain on SIGTERM. The gateway adds its outside
 listeners (HTTP, and HTTPS with its own certificate, no client certificate asked) and its
@@ -69,14 +70,11 @@ class Gateway(Sidecar):
                 self._own_ports.add(int(address.rsplit(":", 1)[1]))
 
     def route_stack(self, index: int, route: RouteConfig) -> Handler:
-        """One route's layers, outermost first, ending in its service's cluster stack."""
+        """One route's layers, outermost first, ending in its service's upstream stack."""
         config = self.config
         assert self.services is not None
         name = route.name or f"route-{index}"
         layers: list[LayerFactory] = []
-        if route.timeout is not None:
-            timeout = route.timeout
-            layers.append(lambda inner: Deadline(inner, timeout))
         auth = route.auth
         if auth.kind == "jwt":
             keys = self.key_sets[auth.name]
@@ -96,6 +94,9 @@ class Gateway(Sidecar):
         if rewrite is not None:
             prefix = route.prefix
             layers.append(lambda inner: PrefixRewrite(inner, prefix, rewrite))
+        if route.timeout is not None:
+            timeout = route.timeout
+            layers.append(lambda inner: Deadline(inner, timeout))
         return compose(self.services.stack(route.service), layers)
 
     def reserved_headers(self) -> frozenset[bytes]:
@@ -140,20 +141,36 @@ class Gateway(Sidecar):
         return True, "ok"
 
     def gateway_snapshot(self) -> dict[str, Any]:
-        return {
-            "routes": [
+        routes = []
+        for i, route in enumerate(self.config.routes):
+            name = route.name or f"route-{i}"
+            routes.append(
                 {
-                    "name": r.name or f"route-{i}",
-                    "hosts": list(r.hosts),
-                    "prefix": r.prefix,
-                    "service": r.service,
-                    "auth": r.auth.kind,
+                    "name": name,
+                    "hosts": list(route.hosts),
+                    "prefix": route.prefix,
+                    "service": route.service,
+                    "auth": route.auth.kind,
+                    "layers": _layer_statistics(self.route_stacks.get(name)),
                 }
-                for i, r in enumerate(self.config.routes)
-            ],
+            )
+        return {
+            "routes": routes,
             "jwks": {name: keys.statistics() for name, keys in self.key_sets.items()},
             "cache": self.cache.statistics(),
         }
+
+
+def _layer_statistics(stack: Handler | None) -> dict[str, Any]:
+    """The route's own layers by class name, with their statistics where they keep some;
+    the walk stops at the service's stack (shown on /clusters)."""
+    found: dict[str, Any] = {}
+    current: object | None = stack
+    while current is not None and type(current).__module__.startswith("mesh.gateway"):
+        stats = getattr(current, "statistics", None)
+        found[type(current).__name__] = stats() if callable(stats) else {}
+        current = getattr(current, "inner", None)
+    return found
 
 
 def make_gateway(config: GatewayConfig) -> Gateway:

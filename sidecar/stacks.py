@@ -7,8 +7,8 @@
                  -> Deadline -> [FaultInjection] -> Bulkhead -> Balance -> Connect(app)
     gateway:  Rescue -> DropClientTraceContext -> AccessLog -> ForwardedHeaders -> GatewayRoute
                  -> per route:
-                 [Deadline] -> [JWT | API key] -> [RateLimit] -> [Compress] -> [Cache]
-                 -> [PrefixRewrite] -> the service's cluster stack
+                 [JWT | API key] -> [RateLimit] -> [Compress] -> [Cache] -> [PrefixRewrite]
+                 -> [Deadline] -> the service's upstream stack
 
 The inbound side does not retry: its one endpoint is the local app, and the caller's
 sidecar retries what is worth retrying, with its budget.
@@ -113,7 +113,7 @@ def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:
 def gateway_stack(config: SidecarConfig, routes: Handler) -> Handler:
     """The ingress gateway's listeners: the edge (outside clients' trace context dropped
     first: the gateway's span is the root), then its route table (whose routes end in
-    `cluster_stack`s, see `sidecar.gateway.Gateway.route_stack`)."""
+    the services' upstream stacks, see `sidecar.gateway.Gateway.route_stack`)."""
     from mesh.gateway.edge import DropClientTraceContext
 
     layers = list(edge_layers(config, "inbound"))

@@ -61,6 +61,9 @@ class ApiKeyAuthenticate:
         )
         self.refused = 0
 
+    def statistics(self) -> dict[str, int]:
+        return {"consumers": len(set(self.keys.values())), "refused": self.refused}
+
     async def handle(self, request: Request) -> Response:
         presented = request.header(self.header)
         consumer = None

@@ -99,8 +99,10 @@ class KeySet:
         """Load, then refresh on schedule or on demand, until cancelled."""
         async with httpcore.AsyncConnectionPool(max_connections=2) as http:
             while True:
-                await self._load(http)
+                # Requests that asked before this load began are answered by it; one that
+                # asks while it runs waits for the next (its key may be newer).
                 pending, self._pending = self._pending, None
+                await self._load(http)
                 if pending is not None and not pending.done():
                     pending.set_result(None)
                 # Until the first load works, retry at the on-demand pace.

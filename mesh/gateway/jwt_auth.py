@@ -58,6 +58,13 @@ class JwtAuthenticate:
         #: token -> (claims, valid from, valid until, key set generation)
         self._verified: OrderedDict[str, tuple[dict[str, Any], float, float, int]] = OrderedDict()
 
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "provider": self.keys.name,
+            "refused": self.refused,
+            "remembered_tokens": len(self._verified),
+        }
+
     def _fail(self, why: str) -> Unauthenticated:
         self.refused += 1
         description = _UNSAFE.sub("", why)[:200].encode()

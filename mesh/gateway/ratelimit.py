@@ -84,6 +84,9 @@ class RateLimit:
         )
         self._loop = asyncio.get_event_loop()
 
+    def statistics(self) -> dict[str, int | str]:
+        return {"key": self.key, "keys": len(self.buckets), "refused": self.buckets.refused}
+
     async def handle(self, request: Request) -> Response:
         # JWT and API key routes record the verified principal in `peer_identity`.
         key = request.client_addr if self.key == "ip" else request.peer_identity

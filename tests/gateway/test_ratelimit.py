@@ -92,3 +92,10 @@ def test_limits_keyed_by_api_key_follow_the_consumer_not_the_address(
     assert statuses == [200, 200, 429]
     assert get_from(gateway, "127.0.0.3", "/partner/r", [("X-Api-Key", KEY_B)]).status == 200
     assert [r.header("x-api-consumer") for r in reports.requests] == ["a", "a", "b"]
+
+
+def test_the_admin_api_counts_refusals_per_route(gateway: Gateway) -> None:
+    routes = {r["name"]: r for r in gateway.proc.admin("/gateway")["routes"]}
+    assert routes["search"]["layers"]["RateLimit"]["refused"] >= 1
+    assert routes["partner"]["layers"]["ApiKeyAuthenticate"] == {"consumers": 2, "refused": 0}
+    assert list(routes["partner"]["layers"]) == ["ApiKeyAuthenticate", "RateLimit", "Compress"]
