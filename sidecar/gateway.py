@@ -2,9 +2,9 @@
 
 Everything else is the sidecar's: discovery (static catalog or Consul), one upstream stack
 per service (deadline, retries with budget, breakers, outlier ejection, bulkhead: whatever
-`stacks.upstream_stack` composes),
-mTLS to the mesh under the gateway's own identity (so the upstream sidecars' authorization
-decides what it may reach), the admin API, drain on SIGTERM. The gateway adds its outside
+`stacks.upstream_stack` composes), mTLS to the mesh under the gateway's own identity (so the
+upstream sidecars' authorization decides what it may reach), the admin API, drain on
+SIGTERM. The gateway adds its outside
 listeners (HTTP, and HTTPS with its own certificate, no client certificate asked) and its
 route stacks, and is ready once every route's service has been discovered and every JWT
 provider's keys have loaded.
