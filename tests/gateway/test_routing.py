@@ -126,6 +126,7 @@ def test_a_jwt_route_without_a_token_is_refused_before_the_upstream(
         "/Admin/x",
         "/admin;x=y",
         "/%61dmin",
+        "/public/%C3%A9/../../admin",
         "/public/..%2F..%2Fadmin".replace("..%2F..%2F", "../../"),
     ],
 )
@@ -147,6 +148,7 @@ def test_path_tricks_meet_the_admin_rule(
         "/public/..;/admin",
         "/admin%00",
         "/public/%zz",
+        "/admin#f",
     ],
 )
 def test_paths_that_cannot_be_normalised_safely_get_400(
@@ -162,6 +164,18 @@ def test_a_backslash_is_refused(gateway: Gateway, upstreams: dict[str, Recording
     result = send_raw(gateway.port, b"GET /public\\..\\admin HTTP/1.1\r\nHost: shop.test\r\n\r\n")
     assert result.data.startswith(b"HTTP/1.1 400"), result.data[:80]
     assert nothing_reached(*upstreams.values())
+
+
+def test_an_absolute_form_target_is_normalised_too(
+    gateway: Gateway, upstreams: dict[str, RecordingUpstream]
+) -> None:
+    result = send_raw(
+        gateway.port,
+        b"GET http://shop.test/public/%2e%2e/admin HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        timeout=2,
+    )
+    assert result.data.startswith(b"HTTP/1.1 401"), result.data[:80]
+    assert nothing_reached(upstreams["admin"], upstreams["public"])
 
 
 def test_the_forwarded_path_is_the_checked_one(
