@@ -1,8 +1,8 @@
 """A shared response cache for GET and HEAD, bounded in bytes with LRU eviction.
 
 What is stored follows RFC 9111 for a shared cache, kept on the safe side:
-- only 200/203/204/301/404/410 answers with explicit freshness (`s-maxage`, `max-age`, or
-  `Expires` against `Date`); no heuristic lifetimes;
+- only 200/203/301/404/410 answers with a body and an explicit lifetime (`s-maxage`,
+  `max-age`, or `Expires` against `Date`); no heuristic lifetimes;
 - never `no-store`, `private`, `no-cache`, `Vary: *` or `Set-Cookie` answers;
 - never the answer to an authenticated request (the route checks a credential, or the
   request carries Authorization) unless it says `public`;
@@ -29,7 +29,7 @@ from mesh.http1.body import Body
 from mesh.http1.message import Headers, Request, Response
 from mesh.stack import Handler
 
-_CACHEABLE_STATUS = frozenset({200, 203, 204, 301, 404, 410})
+_CACHEABLE_STATUS = frozenset({200, 203, 301, 404, 410})
 _BYPASS_REQUEST_HEADERS = (b"if-none-match", b"if-modified-since", b"if-match", b"range")
 #: Headers of the stored answer that are per-exchange, not part of the resource.
 _NOT_STORED = frozenset({b"age", b"x-cache", b"connection", b"keep-alive"})
