@@ -6,6 +6,7 @@ and never the credential itself.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -40,8 +41,11 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory,
     upstreams: dict[str, RecordingUpstream],
     jwks_server: JwksServer,
+    keys: Keys,
 ) -> Iterator[Gateway]:
     log_dir = tmp_path_factory.mktemp("auth")
+    jwks_file = log_dir / "jwks.json"
+    jwks_file.write_text(json.dumps(keys.jwks()))
     config = {
         "catalog": str(catalog_for(log_dir, upstreams)),
         "jwt_providers": {
@@ -54,6 +58,7 @@ def gateway(
                 "min_refresh_interval": 30,
                 "claims_to_headers": {"sub": "x-user-id", "email": "x-user-email"},
             },
+            "from-file": {"jwks_file": str(jwks_file), "algorithms": ["ES256"]},
             "rsa-only": {"issuer": ISSUER, "jwks_url": jwks_server.url, "algorithms": ["RS256"]},
         },
         "api_keys": {
@@ -63,6 +68,8 @@ def gateway(
             {"name": "orders", "prefix": "/orders", "service": "orders", "auth": {"jwt": "shop"}},
             {"name": "admin", "prefix": "/admin", "service": "admin",
              "auth": {"jwt": "rsa-only"}},
+            {"name": "files", "prefix": "/files", "service": "users",
+             "auth": {"jwt": "from-file"}},
             {"name": "reports", "prefix": "/reports", "service": "reports",
              "auth": {"api_key": "partners"}},
             {"prefix": "/", "service": "public"},
@@ -220,3 +227,11 @@ def test_the_admin_api_shows_key_sets_and_hides_api_keys(gateway: Gateway) -> No
     config = gateway.proc.admin("/config")
     assert PARTNER_KEY not in str(config)
     wait_until(lambda: gateway.proc.admin("/ready")["ready"], 5, "ready")
+
+
+def test_keys_from_a_jwks_file(
+    gateway: Gateway, upstreams: dict[str, RecordingUpstream], keys: Keys
+) -> None:
+    assert gateway.get("/files/a", bearer(token(keys, "ES256", aud=None))).status == 200
+    assert gateway.get("/files/a", bearer(token(keys, "RS256", aud=None))).status == 401
+    assert len(upstreams["users"].requests) == 1

@@ -165,3 +165,37 @@ def test_the_command_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None
     )
     assert done.returncode == 1
     assert "config error: routes.0.service" in done.stderr
+
+
+def test_not_ready_until_the_key_set_has_loaded(tmp_path: Path) -> None:
+    from tests.gateway.conftest import start_gateway, stop
+    from tests.support.processes import free_port, wait_until
+
+    closed = free_port()  # nothing listens here: the key set cannot load
+    gateway = start_gateway(
+        tmp_path,
+        {
+            "catalog": str(write_yaml(tmp_path / "catalog.yaml", {"services": {}})),
+            "jwt_providers": {"p": {"jwks_url": f"http://127.0.0.1:{closed}/jwks"}},
+            "routes": [{"prefix": "/", "service": "s", "auth": {"jwt": "p"}}],
+        },
+        wait_ready=False,
+    )
+    try:
+
+        def reason() -> str:
+            try:
+                return str(gateway.proc.admin("/ready")["reason"])
+            except OSError:
+                return ""
+
+        wait_until(lambda: "waiting for JWT keys: p" in reason(), 10, "the not-ready reason")
+        state = gateway.proc.admin("/gateway")["jwks"]["p"]
+        assert state["loaded"] is False
+        wait_until(
+            lambda: bool(gateway.proc.admin("/gateway")["jwks"]["p"]["last_error"]),
+            5,
+            "the fetch error to show",
+        )
+    finally:
+        stop(gateway.proc)
