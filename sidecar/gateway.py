@@ -13,9 +13,13 @@ provider's keys have loaded.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import anyio
 
 from discovery.resolver import Resolver
 from mesh.gateway.api_keys import ApiKeyAuthenticate, ApiKeyError, load_keys
@@ -47,6 +51,51 @@ def public_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+class PublicCertificate:
+    """The certificate outside clients see, re-read when its files change (renewals).
+
+    A new pair is tried on a scratch context first: a half-written or mismatched pair is
+    refused with a log line and the listener keeps the old one.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = str(cert), str(key)
+        self.context = public_tls_context(self.cert, self.key)
+        self._stamp = self._files_stamp()
+        self.reloads = 0
+        self.last_error = ""
+
+    def _files_stamp(self) -> tuple[int, ...]:
+        stats = [os.stat(self.cert), os.stat(self.key)]
+        return tuple(n for st in stats for n in (st.st_mtime_ns, st.st_size, st.st_ino))
+
+    def reload_if_changed(self) -> None:
+        try:
+            stamp = self._files_stamp()
+        except OSError:
+            return  # mid-replacement; look again next time
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            public_tls_context(self.cert, self.key)
+            self.context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            self.last_error = str(exc)
+            log.warning(
+                "public certificate %s: not reloaded (%s); keeping the old one", self.cert, exc
+            )
+            return
+        self.reloads += 1
+        self.last_error = ""
+        log.info("public certificate %s reloaded", self.cert)
+
+    async def watch(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            self.reload_if_changed()
+
+
 class Gateway(Sidecar):
     config: GatewayConfig
 
@@ -61,6 +110,7 @@ class Gateway(Sidecar):
         self.api_keys = {name: load_keys(p) for name, p in config.api_keys.items()}
         self.cache = ResponseStore(config.cache.max_bytes, config.cache.max_entry_bytes)
         self.route_stacks: dict[str, Handler] = {}
+        self.public_certificate: PublicCertificate | None = None
 
     def _reserve_own_ports(self) -> None:
         super()._reserve_own_ports()
@@ -128,8 +178,11 @@ class Gateway(Sidecar):
             await self._listen("gateway", "inbound", ingress.listen, handler)
         if ingress.https is not None:
             https = ingress.https
-            context = public_tls_context(str(https.cert), str(https.key))
-            await self._listen("gateway-https", "inbound", https.listen, handler, context)
+            self.public_certificate = PublicCertificate(https.cert, https.key)
+            self._spawn(self.public_certificate.watch)
+            await self._listen(
+                "gateway-https", "inbound", https.listen, handler, self.public_certificate.context
+            )
 
     def readiness(self, include_app: bool = True) -> tuple[bool, str]:
         ready, why = super().readiness(include_app)
@@ -158,6 +211,12 @@ class Gateway(Sidecar):
             "routes": routes,
             "jwks": {name: keys.statistics() for name, keys in self.key_sets.items()},
             "cache": self.cache.statistics(),
+            "public_certificate": None
+            if self.public_certificate is None
+            else {
+                "reloads": self.public_certificate.reloads,
+                "last_error": self.public_certificate.last_error or None,
+            },
         }
 
 
@@ -187,8 +246,6 @@ def make_gateway(config: GatewayConfig) -> Gateway:
 
 
 async def serve_gateway_until_signal(config: GatewayConfig) -> None:
-    import anyio
-
     from sidecar.signals import stop_on_signals
 
     gateway = make_gateway(config)

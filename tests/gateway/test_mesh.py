@@ -9,6 +9,7 @@ clients may use HTTPS with the gateway's public certificate and no client certif
 from __future__ import annotations
 
 import datetime as dt
+import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.gateway.conftest import Gateway, start_gateway, stop
-from tests.support.certs import Pki, spiffe_id
-from tests.support.processes import MeshProcess, Sidecars, free_port, write_yaml
+from tests.support.certs import Pki, server_serial, spiffe_id
+from tests.support.processes import MeshProcess, Sidecars, free_port, wait_until, write_yaml
 from tests.support.tlsclient import TlsHttpConnection
 from tests.support.upstream import RecordingUpstream
 
@@ -156,3 +157,23 @@ def test_outside_clients_use_https_without_a_client_certificate(mesh: Mesh) -> N
     assert response.status == 200
     (request,) = mesh.users_app.requests
     assert request.header("x-forwarded-proto") == "https"
+
+
+def test_a_renewed_public_certificate_is_picked_up(mesh: Mesh, tmp_path: Path) -> None:
+    """Renewal replaces the files; new handshakes get the new certificate, no restart."""
+    peek = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    peek.check_hostname = False
+    peek.verify_mode = ssl.CERT_NONE
+    before = server_serial(mesh.https_port, peek)
+    cert, key = public_certificate(tmp_path, "shop.test")
+    renewed = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+    live_cert, live_key = mesh.public_cert, mesh.public_cert.with_name("public-key.pem")
+    os.replace(key, live_key)
+    os.replace(cert, live_cert)
+    wait_until(
+        lambda: server_serial(mesh.https_port, peek) == renewed, 10, "the renewed certificate"
+    )
+    assert renewed != before
+    with mesh.https() as conn:  # trusts the renewed certificate now
+        conn.request("GET", "/users/9", host="shop.test")
+        assert conn.read_response().status == 200
