@@ -10,8 +10,10 @@ public catch-all either land on the `/admin` route (and meet its 401) or are ref
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.gateway.conftest import (
     Gateway,
@@ -23,11 +25,19 @@ from tests.gateway.conftest import (
     stop,
     token,
 )
-from tests.support.processes import wait_until
+from tests.support.processes import free_port, wait_until, write_yaml
 from tests.support.rawclient import send_raw
 from tests.support.upstream import RecordingUpstream
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def catalog_with_a_dead_twin(log_dir: Path, upstreams: dict[str, RecordingUpstream]) -> Path:
+    """The shop's services, and `twin`: one endpoint that refuses connections, one alive."""
+    catalog = catalog_for(log_dir, upstreams)
+    data = yaml.safe_load(catalog.read_text())
+    data["services"]["twin"] = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{upstreams['users'].port}"]
+    return write_yaml(catalog, data)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +48,7 @@ def gateway(
 ) -> Iterator[Gateway]:
     log_dir = tmp_path_factory.mktemp("routing")
     config = {
-        "catalog": str(catalog_for(log_dir, upstreams)),
+        "catalog": str(catalog_with_a_dead_twin(log_dir, upstreams)),
         "access_log": True,
         "jwt_providers": {
             "shop": {"issuer": "https://auth.shop.test", "audiences": ["shop-api"],
@@ -50,6 +60,7 @@ def gateway(
             {"name": "orders", "prefix": "/orders", "service": "orders", "auth": {"jwt": "shop"}},
             {"name": "admin", "prefix": "/admin", "service": "admin", "auth": {"jwt": "shop"}},
             {"name": "public", "prefix": "/", "service": "public"},
+            {"name": "twin", "prefix": "/twin", "service": "twin"},
             {"name": "reports", "hosts": ["reports.shop.test"], "prefix": "/",
              "service": "reports"},
             {"name": "wild", "hosts": ["*.internal.test"], "prefix": "/api/",
@@ -203,3 +214,13 @@ def test_outside_trace_context_does_not_reach_the_mesh(
     (request,) = upstreams["users"].requests
     assert request.header("traceparent") != client_parent
     assert request.header("x-b3-traceid") is None
+
+
+def test_the_services_upstream_stack_retries_elsewhere(
+    gateway: Gateway, upstreams: dict[str, RecordingUpstream]
+) -> None:
+    """Routes end in the same per-service stack a sidecar uses: a refused connection is
+    retried on the other endpoint (and the breaker soon takes the dead one out)."""
+    statuses = [gateway.get(f"/twin/{i}").status for i in range(10)]
+    assert statuses == [200] * 10
+    assert seen(upstreams["users"]) == [f"/twin/{i}" for i in range(10)]
