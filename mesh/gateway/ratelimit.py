@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mesh.errors import RateLimited
 from mesh.gateway.config import RateLimitConfig
@@ -26,8 +26,7 @@ from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     #: Whole tokens left after this request.
     remaining: int

@@ -88,7 +88,11 @@ class GatewayRoute:
         request.target = path + query
         reserved = self.reserved_headers
         if reserved:
-            request.headers = [(n, v) for n, v in request.headers if n not in reserved]
+            headers = request.headers
+            for name, _ in headers:
+                if name in reserved:
+                    request.headers = [(n, v) for n, v in headers if n not in reserved]
+                    break
         host = host_of(request.authority)
         entry = self.table.match(host, path)
         if entry is None:
