@@ -8,6 +8,7 @@ Bound to loopback by default: it reveals topology and, later, takes control acti
     GET /clusters   every upstream: endpoints, identities, pools, in-flight requests
     GET /listeners  every listener: open, active and refused connections
     GET /certs      this sidecar's certificate: identity, serial, expiry, reloads
+    GET /gateway    (gateway only) routes, JWT key sets, response cache
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Admin:
                 200, sidecar.tls.statistics() if sidecar.tls is not None else {"mtls": False}
             ),
         }
+        gateway_snapshot = getattr(sidecar, "gateway_snapshot", None)
+        if gateway_snapshot is not None:
+            self._routes[b"/gateway"] = lambda: json_response(200, gateway_snapshot())
 
     async def handle(self, request: Request) -> Response:
         route = self._routes.get(request.path)

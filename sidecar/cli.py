@@ -191,6 +191,32 @@ async def _serve_until_signal(config: SidecarConfig) -> None:
         tg.cancel_scope.cancel()
 
 
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The gateway's YAML or JSON config (routes, auth, limits, discovery, tls).",
+)
+@click.option("--admin", help="Admin API HOST:PORT [127.0.0.1:15000].")
+@click.option("--access-log/--no-access-log", default=None, help="One JSON line per request.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def gateway(config_file: Path, **flags: Any) -> None:
+    """Run the mesh's ingress gateway: routes, JWT/API keys, rate limits, cache, gzip."""
+    from sidecar.gateway import serve_gateway_until_signal
+    from sidecar.gateway_config import GatewayConfig
+
+    try:
+        config = build(config_file, flags, model=GatewayConfig)
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+    assert isinstance(config, GatewayConfig)
+    setup_logging(config.log_level)
+    with startup_errors():
+        run_async(serve_gateway_until_signal, config)
+
+
 @main.command(context_settings={"ignore_unknown_options": False})
 @sidecar_options
 @click.argument("command", nargs=-1, required=True)

@@ -307,7 +307,10 @@ def parse_upstream_flag(text: str) -> dict[str, Any]:
 
 
 def build(
-    file: Path | None, overrides: dict[str, Any], environ: Mapping[str, str] | None = None
+    file: Path | None,
+    overrides: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
+    model: type[SidecarConfig] = SidecarConfig,
 ) -> SidecarConfig:
     """File values, then flag values (only those given) on top; validated once.
 
@@ -325,7 +328,7 @@ def build(
         data[key] = value
     _consul_environment(data, os.environ if environ is None else environ)
     try:
-        return SidecarConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
 

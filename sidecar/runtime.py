@@ -198,6 +198,9 @@ class Sidecar:
         log.info("%s listener on %s:%d", name, host, bound_port)
         return listener
 
+    async def _add_listeners(self) -> None:
+        """Listeners a variant of the sidecar adds (the ingress gateway's); none here."""
+
     # -- lifecycle ----------------------------------------------------------------------------
     def _reserve_own_ports(self) -> None:
         """Every configured listener port counts as "this sidecar" before anything binds:
@@ -268,6 +271,7 @@ class Sidecar:
                     f"{config.proxy_address}:{config.proxy_port}",
                     stacks.outbound_stack(config, route),
                 )
+            await self._add_listeners()
             await self._listen("admin", "admin", config.admin, Admin(self))
             for hook in self.hooks:
                 await tg.start(hook.run, self)

@@ -5,6 +5,10 @@
                     -> [Retry] -> HealthyBalance -> Bulkhead -> Connect
     inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [mTLS: Authorize -> ClientCertHeader]
                  -> Deadline -> [FaultInjection] -> Bulkhead -> Balance -> Connect(app)
+    gateway:  Rescue -> DropClientTraceContext -> AccessLog -> ForwardedHeaders -> GatewayRoute
+                 -> per route:
+                 [JWT | API key] -> [RateLimit] -> [Compress] -> [Cache] -> [PrefixRewrite]
+                 -> [Deadline] -> the service's upstream stack
 
 The inbound side does not retry: its one endpoint is the local app, and the caller's
 sidecar retries what is worth retrying, with its budget.
@@ -104,3 +108,14 @@ def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = No
 
 def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:
     return compose(route, edge_layers(config, "outbound"))
+
+
+def gateway_stack(config: SidecarConfig, routes: Handler) -> Handler:
+    """The ingress gateway's listeners: the edge (outside clients' trace context dropped
+    first: the gateway's span is the root), then its route table (whose routes end in
+    the services' upstream stacks, see `sidecar.gateway.Gateway.route_stack`)."""
+    from mesh.gateway.edge import DropClientTraceContext
+
+    layers = list(edge_layers(config, "inbound"))
+    layers.insert(1, DropClientTraceContext)  # right inside Rescue
+    return compose(routes, layers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -183,9 +184,10 @@ class ServerConnection:
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
+        if ssl_object is not None and ssl_object.context.verify_mode != ssl.CERT_NONE:
             # The handshake is done and the chain verified; the caller's name is checked
-            # here, before a single request byte is read.
+            # here, before a single request byte is read. (A listener that asks no client
+            # certificate, the gateway's public HTTPS, has no caller identity to check.)
             self.peer_identity = peer_identity(ssl_object)
             if not self.peer_identity:
                 self.tracker.refused_identity += 1
