@@ -177,15 +177,16 @@ class Sidecar:
         tracker = ConnectionTracker(self.config.limits.policy(), name)
         loop = asyncio.get_running_loop()
         scheme = b"https" if tls is not None else b"http"
-        server = await loop.create_server(
-            lambda: as_protocol(ServerConnection(handler, tracker, scheme)),
-            host,
-            port,
-            reuse_address=True,
-            backlog=1024,
-            ssl=tls,
-            ssl_handshake_timeout=self.config.limits.header_timeout if tls is not None else None,
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: as_protocol(  # noqa: E731
+            ServerConnection(handler, tracker, scheme)
         )
+        if tls is not None:
+            # The handshake is started by our acceptor so a refused caller gets its alert.
+            from mesh.identity.accept import RefusalLog, acceptor_factory
+
+            timeout = self.config.limits.header_timeout
+            factory = acceptor_factory(factory, tls, timeout, RefusalLog(name))
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
         bound_port = server.sockets[0].getsockname()[1]
         listener = Listener(name, direction, host, bound_port, server, tracker)
         self.listeners.append(listener)
