@@ -115,6 +115,11 @@ def sidecar_options(fn: Any) -> Any:
         click.option(
             "--tls-roots", type=click.Path(path_type=Path), help="The mesh's root certificates."
         ),
+        click.option(
+            "--tls-source",
+            type=click.Choice(["files", "consul"]),
+            help="Where certificates come from: the --tls-* files, or Consul's Connect CA.",
+        ),
         click.option("--admin", help="Admin API HOST:PORT [127.0.0.1:15000]."),
         click.option(
             "--access-log/--no-access-log",
@@ -135,7 +140,7 @@ def load_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
         "token_file": flags.pop("consul_token_file", None),
     }
     flags["consul"] = {key: value for key, value in consul.items() if value is not None}
-    tls = {part: flags.pop(f"tls_{part}", None) for part in ("cert", "key", "roots")}
+    tls = {part: flags.pop(f"tls_{part}", None) for part in ("cert", "key", "roots", "source")}
     flags["tls"] = {part: path for part, path in tls.items() if path is not None}
     try:
         flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())

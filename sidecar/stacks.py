@@ -26,6 +26,7 @@ from typing import Any
 
 from mesh.balance import make_balancer
 from mesh.cluster import Cluster
+from mesh.identity.authorize import Authorizer
 from mesh.layers.access_log import AccessLog
 from mesh.layers.authorize import Authorize
 from mesh.layers.balance import Balance
@@ -84,11 +85,18 @@ class InboundStack:
     protection: InboundProtection
 
 
-def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = None) -> InboundStack:
-    """`identity`: this sidecar's SPIFFE ID when the listener speaks mTLS."""
+def inbound_stack(
+    config: SidecarConfig,
+    app: Cluster,
+    identity: str | None = None,
+    authorizer: Authorizer | None = None,
+) -> InboundStack:
+    """`identity`: this sidecar's SPIFFE ID when the listener speaks mTLS; `authorizer`:
+    the policy when not the config's static lists (Consul intentions)."""
     layers = list(edge_layers(config, "inbound"))
     if identity is not None:
-        authorizer = config.authorization.authorizer()
+        if authorizer is None:
+            authorizer = config.authorization.authorizer()
         layers += [
             lambda inner: Authorize(inner, authorizer, identity),
             lambda inner: ClientCertHeader(inner, identity),
