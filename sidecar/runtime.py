@@ -41,8 +41,11 @@ from mesh.layers.passthrough import Passthrough
 from mesh.layers.route import Route
 from mesh.stack import Handler
 from sidecar import stacks
-from sidecar.admin import Admin
+from sidecar.admin import Admin, json_response
+from sidecar.admin_control import MetricsOnly
 from sidecar.config import SidecarConfig
+from sidecar.metrics import SidecarMetrics
+from sidecar.reload import ConfigLoader, reload_on_hangup
 from sidecar.services import Services
 
 if TYPE_CHECKING:
@@ -121,6 +124,11 @@ class Sidecar:
         self._app_seen = False
         self.services: Services | None = None
         self.app_cluster: Cluster | None = None
+        self.metrics = SidecarMetrics(self)
+        #: Re-reads the config for SIGHUP and POST /reload (set by the CLI).
+        self.config_loader: ConfigLoader | None = None
+        #: What POST /drain calls: a stop as on SIGTERM (`mesh attach` puts its own here).
+        self.graceful_stop: Callable[[], None] = self.request_stop
 
     # -- wiring -------------------------------------------------------------------------------
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -160,7 +168,8 @@ class Sidecar:
             self.tls.reload_if_changed()
 
     def _outbound_cluster_stack(self, cluster: Cluster) -> Handler:
-        return stacks.cluster_stack(self.config, cluster, self.config.outbound_timeouts.request)
+        stack = stacks.cluster_stack(self.config, cluster, self.config.outbound_timeouts.request)
+        return self.metrics.observe(stack, "outbound", cluster.name)
 
     async def _listen(
         self,
@@ -201,6 +210,8 @@ class Sidecar:
         discovery may answer first, and an endpoint that is us must never be dialled."""
         config = self.config
         addresses = [config.admin, *(f"x:{u.local_port}" for u in config.upstreams)]
+        if config.metrics.listen is not None:
+            addresses.append(config.metrics.listen)
         if config.listen is not None:
             addresses.append(config.listen)
         if config.proxy_port:
@@ -220,6 +231,9 @@ class Sidecar:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(SWEEPER.run)
+            tg.start_soon(self.metrics.loop_lag.run)
+            if self.config_loader is not None:
+                tg.start_soon(reload_on_hangup, self)
             if self.tls is not None:
                 tg.start_soon(self._watch_tls)
             # Reserve the listener ports first so loop detection knows them from the start.
@@ -235,7 +249,9 @@ class Sidecar:
                     "inbound",
                     "inbound",
                     config.listen,
-                    stacks.inbound_stack(config, app, identity),
+                    self.metrics.observe(
+                        stacks.inbound_stack(config, app, identity), "inbound", config.service
+                    ),
                     self.tls.listening_context if self.tls is not None else None,
                 )
             for upstream in config.upstreams:
@@ -264,6 +280,10 @@ class Sidecar:
                     stacks.outbound_stack(config, route),
                 )
             await self._listen("admin", "admin", config.admin, Admin(self))
+            if config.metrics.listen is not None:
+                await self._listen(
+                    "metrics", "admin", config.metrics.listen, MetricsOnly(self, json_response)
+                )
             for hook in self.hooks:
                 await tg.start(hook.run, self)
             self._started = True
