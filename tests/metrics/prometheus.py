@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -40,8 +41,9 @@ def install_prometheus() -> str:
 
 
 def promtool_next_to(prometheus: str) -> str:
-    """Debian's package ships promtool beside prometheus."""
-    return str(Path(prometheus).with_name("promtool"))
+    """Debian's package ships promtool beside prometheus (else the one on PATH)."""
+    beside = Path(prometheus).with_name("promtool")
+    return str(beside) if beside.exists() else shutil.which("promtool") or str(beside)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,315 @@
+"""A real Prometheus scrapes real sidecars; every dashboard panel then shows data.
+
+Three sidecars with mTLS: `client` calls `backend` (healthy, with a bulkhead) and `flaky`
+(its app answers 503, so the client retries and its breaker opens), and refuses an
+`intruder` calling it. After a bounded burst of traffic, Prometheus (scraping every
+500 ms, with the project's rule file loaded) must agree with what the test sent: request
+counts by status class on both sides of each hop, retries against what the flaky app
+received, breaker refusals, bulkhead rejections and authorization denials. Then every
+panel query of every dashboard under grafana/, with its template variables filled in the
+way Grafana would, must return at least one series.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.metrics.dashboards import DASHBOARDS, RULE_FILES, load, queries, substitute, variables
+from tests.metrics.prometheus import PrometheusServer, wait_scraped
+from tests.support.certs import Pki, client_context
+from tests.support.processes import (
+    MeshProcess,
+    Sidecars,
+    free_port,
+    http_get,
+    wait_until,
+    write_yaml,
+)
+from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
+
+pytestmark = pytest.mark.timeout(90)
+
+HEALTHY_CALLS = 20
+FLAKY_CALLS = 10
+SLOW_CALLS = 4  # concurrent, against a bulkhead of 2 slots and no queue
+BULKHEAD_SLOTS = 2
+INBOUND_CALLS = 3
+#: What Grafana's $__rate_interval becomes: the whole test fits in it.
+RATE_INTERVAL = "1m"
+
+RESILIENCE_BACKEND: dict[str, Any] = {
+    "bulkhead": {"max_concurrent": BULKHEAD_SLOTS, "max_queued": 0},
+    "fault": {"delay_percent": 0, "abort_percent": 0},
+}
+RESILIENCE_FLAKY: dict[str, Any] = {
+    "retry": {"max_retries": 2},
+    "outlier": {"consecutive_failures": 3},
+}
+
+
+def backend_reply(request: RecordedRequest) -> Reply:
+    return Reply(body=b"ok\n", delay=0.4 if request.target == "/slow" else 0.0)
+
+
+@dataclass
+class Mesh:
+    client: MeshProcess
+    backend: MeshProcess
+    flaky: MeshProcess
+    client_ports: dict[str, int]
+    flaky_app: RecordingUpstream
+    backend_app: RecordingUpstream
+    pki: Pki
+
+
+@dataclass
+class Sent:
+    """What the test observed at the client side, to compare with the metrics."""
+
+    flaky_statuses: list[tuple[int, str]]
+    slow_statuses: list[tuple[int, str]]
+    intruder_status: int
+
+
+def _get(port: int, path: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
+    conn: http.client.HTTPConnection
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("x-mesh-error") or ""
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    work = tmp_path_factory.mktemp("mesh")
+    pki = Pki(work / "pki")
+    group = Sidecars(work)
+    with (
+        RecordingUpstream(backend_reply) as backend_app,
+        RecordingUpstream(lambda r: Reply(status=503, body=b"down\n")) as flaky_app,
+        RecordingUpstream() as client_app,
+    ):
+        listen = {name: free_port() for name in ("client", "backend", "flaky")}
+        ports = {"backend": free_port(), "flaky": free_port()}
+        catalog = write_yaml(
+            work / "catalog.yaml",
+            {
+                "services": {
+                    "backend": [f"127.0.0.1:{listen['backend']}"],
+                    "flaky": [f"127.0.0.1:{listen['flaky']}"],
+                }
+            },
+        )
+
+        def start(service: str, app: RecordingUpstream, **extra: Any) -> MeshProcess:
+            leaf = pki.issue(service)
+            config = {
+                "service": service,
+                "listen": f"127.0.0.1:{listen[service]}",
+                "app_port": app.port,
+                "catalog": str(catalog),
+                "tls": {"cert": str(leaf.cert), "key": str(leaf.key), "roots": str(leaf.roots)},
+                **extra,
+            }
+            path = write_yaml(work / f"{service}.yaml", config)
+            return group.start("--config", str(path), name=service, wait_ready=False)
+
+        backend = start("backend", backend_app)
+        flaky = start("flaky", flaky_app)
+        client = start(
+            "client",
+            client_app,
+            authorization={"deny": ["intruder"]},
+            upstreams=[
+                {"name": "backend", "local_port": ports["backend"], **RESILIENCE_BACKEND},
+                {"name": "flaky", "local_port": ports["flaky"], **RESILIENCE_FLAKY},
+            ],
+        )
+        try:
+            for proc in (backend, flaky, client):
+                proc.wait_ready()
+            yield Mesh(client, backend, flaky, ports, flaky_app, backend_app, pki)
+        finally:
+            group.stop_all()
+
+
+@pytest.fixture(scope="module")
+def sent(mesh: Mesh) -> Sent:
+    for _ in range(HEALTHY_CALLS):
+        assert _get(mesh.client_ports["backend"], "/") == (200, "")
+    flaky = [_get(mesh.client_ports["flaky"], "/") for _ in range(FLAKY_CALLS)]
+    with concurrent.futures.ThreadPoolExecutor(SLOW_CALLS) as pool:
+        slow = list(pool.map(lambda _: _get(mesh.client_ports["backend"], "/slow"), range(4)))
+    client_listen = mesh.client.admin("/listeners")["inbound"]["address"].rsplit(":", 1)[1]
+    web = client_context(mesh.pki.issue("web"))
+    for _ in range(INBOUND_CALLS):
+        assert _get(int(client_listen), "/", web) == (200, "")
+    intruder, _ = _get(int(client_listen), "/", client_context(mesh.pki.issue("intruder")))
+    return Sent(flaky, slow, intruder)
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    prometheus_binary: str,
+    mesh: Mesh,
+    sent: Sent,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PrometheusServer]:
+    targets = [
+        f"127.0.0.1:{proc.admin_port}" for proc in (mesh.client, mesh.backend, mesh.flaky)
+    ]
+    server = PrometheusServer(
+        prometheus_binary, tmp_path_factory.mktemp("prometheus"), {"mesh": targets}, RULE_FILES
+    )
+    try:
+        server.wait_ready()
+        wait_scraped(server, len(targets))
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_test_saw_failures_and_refusals(sent: Sent) -> None:
+    """The traffic really exercised the failing paths the dashboards show."""
+    assert all(status == 503 for status, _ in sent.flaky_statuses)
+    assert any(reason == "circuit-open" for _, reason in sent.flaky_statuses)
+    statuses = sorted(sent.slow_statuses)
+    assert statuses == [(200, "")] * BULKHEAD_SLOTS + [(503, "bulkhead-full")] * (
+        SLOW_CALLS - BULKHEAD_SLOTS
+    )
+    assert sent.intruder_status == 403
+
+
+def _sum(server: PrometheusServer, selector: str) -> float | None:
+    return server.value(f"sum({selector})")
+
+
+def test_request_counts_agree_with_what_was_sent(prometheus: PrometheusServer, sent: Sent) -> None:
+    out = 'service="client",direction="outbound"'
+    admitted = HEALTHY_CALLS + BULKHEAD_SLOTS
+    rejected = SLOW_CALLS - BULKHEAD_SLOTS
+    prometheus.wait_value(
+        f'sum(mesh_requests_total{{{out},upstream="backend",status_class="2xx"}})', admitted
+    )
+    prometheus.wait_value(
+        f'sum(mesh_requests_total{{{out},upstream="backend",status_class="5xx"}})', rejected
+    )
+    prometheus.wait_value(
+        f'sum(mesh_requests_total{{{out},upstream="flaky",status_class="5xx"}})', FLAKY_CALLS
+    )
+    # The other side of the hop counted the same requests.
+    prometheus.wait_value(
+        'sum(mesh_requests_total{service="backend",direction="inbound",status_class="2xx"})',
+        admitted,
+    )
+    # Inbound at the client: the allowed callers, and the one denial.
+    inbound = 'service="client",direction="inbound"'
+    prometheus.wait_value(
+        f'sum(mesh_requests_total{{{inbound},status_class="2xx"}})', INBOUND_CALLS
+    )
+    prometheus.wait_value(f'sum(mesh_requests_total{{{inbound},status_class="4xx"}})', 1)
+    prometheus.wait_value('sum(mesh_authorization_denials_total{service="client"})', 1)
+    prometheus.wait_value(
+        'sum(mesh_request_duration_seconds_count{service="client",direction="outbound"})',
+        HEALTHY_CALLS + SLOW_CALLS + FLAKY_CALLS,
+    )
+
+
+def test_retries_breakers_and_bulkheads_agree_with_what_happened(
+    prometheus: PrometheusServer, sent: Sent, mesh: Mesh
+) -> None:
+    refused = sum(1 for _, reason in sent.flaky_statuses if reason == "circuit-open")
+    reached = FLAKY_CALLS - refused
+    attempts = len(mesh.flaky_app.requests)
+    sel = 'service="client",upstream="flaky"'
+    # Every attempt the flaky app received was a first try or a retry.
+    prometheus.wait_value(f"sum(mesh_retries_total{{{sel}}})", attempts - reached)
+    prometheus.wait_value(f"sum(mesh_endpoint_requests_total{{{sel}}})", attempts)
+    prometheus.wait_value(
+        f'sum(mesh_local_responses_total{{{sel},reason="circuit-open"}})', refused
+    )
+    prometheus.wait_value(f'sum(mesh_breaker_state{{{sel},state="closed"}})', 0)
+    assert (_sum(prometheus, f"mesh_outlier_ejections_total{{{sel}}}") or 0) >= 1
+    # The flaky sidecar received exactly what its app received.
+    prometheus.wait_value(
+        'sum(mesh_requests_total{service="flaky",direction="inbound",status_class="5xx"})',
+        attempts,
+    )
+    rejected = SLOW_CALLS - BULKHEAD_SLOTS
+    backend = 'service="client",upstream="backend"'
+    prometheus.wait_value(f"sum(mesh_bulkhead_rejected_total{{{backend}}})", rejected)
+    prometheus.wait_value(
+        f'sum(mesh_local_responses_total{{{backend},reason="bulkhead-full"}})', rejected
+    )
+
+
+def test_every_dashboard_panel_returns_data(prometheus: PrometheusServer, sent: Sent) -> None:
+    # Let every rate window see at least two samples after the traffic.
+    prometheus.wait_value('sum(mesh_authorization_denials_total{service="client"})', 1)
+    empty = []
+    checked = 0
+    for path in DASHBOARDS:
+        values = _variable_values(prometheus, load(path))
+        for query in queries(path):
+            expr = substitute(query.expr, values, RATE_INTERVAL)
+            checked += 1
+            if not prometheus.query(expr):
+                empty.append(f"{query.dashboard} / {query.panel} / {query.ref}: {expr}")
+    assert checked >= 40
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def _variable_values(prometheus: PrometheusServer, dashboard: dict[str, Any]) -> dict[str, str]:
+    """Each variable as Grafana would fill it: `service` is the client (the sidecar with
+    upstreams, mTLS and resilience); a multi-value variable is "All" of what its query lists."""
+    values: dict[str, str] = {}
+    for variable in variables(dashboard):
+        found = _label_values(prometheus, substitute(variable["definition"], values, "1m"))
+        assert found, f"variable {variable['name']} lists nothing"
+        if variable["name"] == "service":
+            assert "client" in found
+            values["service"] = "client"
+        else:
+            values[variable["name"]] = "|".join(sorted(found)) if variable["multi"] else found[0]
+    return values
+
+
+def _label_values(prometheus: PrometheusServer, definition: str) -> list[str]:
+    """label_values(selector, label) through the HTTP API, as Grafana's data source does."""
+    inner = definition.removeprefix("label_values(").removesuffix(")")
+    selector, _, label = inner.rpartition(",")
+    data = prometheus.api(f"label/{label.strip()}/values", **{"match[]": selector.strip()})
+    return sorted(data)
+
+
+def test_rules_load_and_evaluate(prometheus: PrometheusServer) -> None:
+    groups = prometheus.api("rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) >= 8
+    assert all(rule["health"] in ("ok", "unknown") for rule in rules), rules
+    wait_until(
+        lambda: bool(prometheus.query('mesh:requests:rate1m{service="client"}')),
+        10,
+        "the recording rule to produce series",
+        step=0.2,
+    )
+
+
+def test_targets_answer_with_the_metrics_content_type(mesh: Mesh) -> None:
+    status, headers, body = http_get(f"http://127.0.0.1:{mesh.client.admin_port}/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b"mesh_certificate_expiry_seconds{" in body
