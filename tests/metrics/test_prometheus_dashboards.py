@@ -169,9 +169,7 @@ def prometheus(
     sent: Sent,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PrometheusServer]:
-    targets = [
-        f"127.0.0.1:{proc.admin_port}" for proc in (mesh.client, mesh.backend, mesh.flaky)
-    ]
+    targets = [f"127.0.0.1:{proc.admin_port}" for proc in (mesh.client, mesh.backend, mesh.flaky)]
     server = PrometheusServer(
         prometheus_binary, tmp_path_factory.mktemp("prometheus"), {"mesh": targets}, RULE_FILES
     )
