@@ -29,7 +29,7 @@ import mesh
 from mesh.layers.authorize import Authorize
 from mesh.metrics.histogram import Histogram
 from mesh.metrics.loop_lag import LoopLag
-from mesh.metrics.requests import STATUS_CLASSES, RequestMetrics
+from mesh.metrics.requests import RequestMetrics
 from mesh.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from mesh.stack import Handler
 
@@ -139,7 +139,7 @@ def _requests(service: str, requests: RequestMetrics) -> Iterator[Metric]:
     )
     for (direction, upstream), stats in sorted(requests.stats.items()):
         values = [service, direction, upstream]
-        for cls, count in zip(STATUS_CLASSES, stats.by_class, strict=True):
+        for cls, count in stats.classes():
             if count or cls in ("2xx", "5xx"):
                 total.add_metric([*values, cls], count)
         _add_histogram(duration, values, stats.duration)
