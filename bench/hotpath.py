@@ -80,7 +80,7 @@ class Services:
             lambda e: False,
         )
         cluster.update(EndpointSet("app", (Endpoint("127.0.0.1", 15001),)))
-        self._stack = stacks.cluster_stack(config, cluster, 15.0)
+        self._stack = stacks.upstream_stack(config, cluster, config.policy_book()).handler
 
     def knows(self, service: str) -> bool:
         return service == "app"

@@ -25,6 +25,13 @@ from pydantic import (
 
 from mesh.identity.authorize import StaticAuthorizer
 from mesh.policy import BalancePolicy, HttpLimits, PoolPolicy, TimeoutPolicy
+from sidecar.policies import (
+    InboundPolicies,
+    PolicyBook,
+    PolicyError,
+    UpstreamPolicies,
+    UpstreamTimeouts,
+)
 
 Port = int
 
@@ -193,6 +200,12 @@ class SidecarConfig(_Model):
     tls: TlsConfig | None = None
     authorization: AuthorizationConfig = AuthorizationConfig()
     metrics: MetricsConfig = MetricsConfig()
+    #: Defaults for calling every upstream (sidecar/policies.py; timeouts: outbound_timeouts).
+    resilience: UpstreamPolicies = UpstreamPolicies()
+    #: Per upstream service: overrides of `resilience` (and `timeouts`), merged key by key.
+    services: dict[str, dict[str, Any]] = {}
+    #: What protects the local app: a bulkhead, and optional fault injection.
+    inbound: InboundPolicies = InboundPolicies()
 
     @field_validator("listen", "admin")
     @classmethod
@@ -218,6 +231,23 @@ class SidecarConfig(_Model):
         if self.catalog is not None and self.consul.address is not None:
             raise ValueError("catalog and consul.address exclude each other: pick one source")
         return self
+
+    @model_validator(mode="after")
+    def _policies_valid(self) -> SidecarConfig:
+        if "timeouts" in self.resilience.model_fields_set:
+            raise ValueError("resilience.timeouts: set outbound_timeouts instead")
+        book = self.policy_book()
+        for service in self.services:
+            try:
+                book.local(service)
+            except PolicyError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def policy_book(self) -> PolicyBook:
+        timeouts = UpstreamTimeouts(**self.outbound_timeouts.model_dump())
+        defaults = self.resilience.model_copy(update={"timeouts": timeouts})
+        return PolicyBook(defaults, self.services)
 
     def balance_policy(self) -> BalancePolicy:
         return BalancePolicy(algorithm=self.balance)
@@ -305,8 +335,9 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"]) or "config"
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"{where}: {message}")
+        # A whole-config check names its key itself ("services.x.retry: ...").
+        lines.append(message if where == "config" and ": " in message else f"{where}: {message}")
     return "; ".join(lines)

@@ -34,7 +34,9 @@ from mesh.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from mesh.stack import Handler
 
 if TYPE_CHECKING:
+    from mesh.http1.pool import EndpointPool
     from sidecar.runtime import Sidecar
+    from sidecar.upstream_stack import UpstreamStack
 
 log = logging.getLogger("sidecar.metrics")
 
@@ -53,6 +55,8 @@ class SidecarMetrics:
         self.reloads = {"applied": 0, "refused": 0}
         self._authorize: list[Authorize] = []
         self._observed: list[tuple[str, Handler]] = []
+        #: Every upstream stack built, for reloads of their policies.
+        self.upstreams: list[UpstreamStack] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SidecarCollector(self))
         # RSS, CPU seconds, open file descriptors: read from /proc at scrape time.
@@ -68,6 +72,11 @@ class SidecarMetrics:
         self._observed.append((direction, handler))
         return self.requests.observe(handler, direction, upstream)
 
+    def observe_upstream(self, upstream: UpstreamStack, name: str) -> ObservedUpstream:
+        """An upstream's stack with its head observed (the head itself never changes)."""
+        self.upstreams.append(upstream)
+        return ObservedUpstream(upstream, self.observe(upstream.handler, "outbound", name))
+
     def observed(self) -> list[tuple[str, Handler]]:
         """(direction, stack) of every observed stack, for reloads that reach into layers."""
         return list(self._observed)
@@ -79,6 +88,23 @@ class SidecarMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ObservedUpstream:
+    """`Services` holds this in place of the upstream stack: the same, with counted requests."""
+
+    def __init__(self, upstream: UpstreamStack, handler: Handler) -> None:
+        self.upstream = upstream
+        self.handler = handler
+
+    def adopt(self, pool: EndpointPool) -> EndpointPool:
+        return self.upstream.adopt(pool)
+
+    def refresh(self) -> None:
+        self.upstream.refresh()
+
+    def statistics(self) -> dict[str, Any]:
+        return self.upstream.statistics()
 
 
 class SidecarCollector(Collector):

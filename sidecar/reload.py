@@ -6,8 +6,11 @@ change on a running sidecar is applied in place, without closing a connection:
     log_level                    at once
     drain_timeout                the next drain
     limits.*                     new client connections (open ones keep theirs)
-    outbound_timeouts.request,   the next request (each stack's Deadline layer)
-    inbound_timeouts.request
+    outbound_timeouts.*,         each upstream's chain is rebuilt behind the same head:
+    resilience.*, services.*     in-flight requests finish on the old one; breakers,
+                                 budgets and bulkhead counts whose policy did not change
+                                 carry over
+    inbound_timeouts.request     the next request
     authorization.*              the next request (decisions cached so far are dropped)
 
 A change to any other key (listeners, discovery, TLS files, ...) needs a restart: the whole
@@ -42,7 +45,9 @@ LIVE_KEYS = (
     "log_level",
     "drain_timeout",
     "limits.",
-    "outbound_timeouts.request",
+    "outbound_timeouts.",
+    "resilience.",
+    "services.",
     "inbound_timeouts.request",
     "authorization.",
 )
@@ -113,15 +118,17 @@ def _apply(sidecar: Sidecar, new: SidecarConfig) -> None:
         policy = new.limits.policy()
         for listener in sidecar.listeners:
             listener.tracker.limits = policy
-    timeouts = {
-        "inbound": new.inbound_timeouts.request,
-        "outbound": new.outbound_timeouts.request,
-    }
+    book = new.policy_book()
+    sidecar._policy_book = book  # upstreams added later
+    for upstream in sidecar.metrics.upstreams:
+        upstream.rebook(book)
     authorizer = new.authorization.authorizer()
     for direction, handler in sidecar.metrics.observed():
+        if direction != "inbound":
+            continue  # outbound chains follow their policy book
         for layer in _layers(handler):
             if isinstance(layer, Deadline):
-                layer.timeout = timeouts[direction]
+                layer.timeout = new.inbound_timeouts.request
             elif isinstance(layer, Authorize) and new.authorization != old.authorization:
                 layer.authorizer = authorizer
                 layer._decided = {}  # cached decisions belong to the old policy

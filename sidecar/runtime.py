@@ -44,7 +44,7 @@ from sidecar import stacks
 from sidecar.admin import Admin, json_response
 from sidecar.admin_control import MetricsOnly
 from sidecar.config import SidecarConfig
-from sidecar.metrics import SidecarMetrics
+from sidecar.metrics import ObservedUpstream, SidecarMetrics
 from sidecar.reload import ConfigLoader, reload_on_hangup
 from sidecar.services import Services
 
@@ -124,6 +124,8 @@ class Sidecar:
         self._app_seen = False
         self.services: Services | None = None
         self.app_cluster: Cluster | None = None
+        self.inbound_protection: stacks.InboundProtection | None = None
+        self._policy_book = config.policy_book()
         self.metrics = SidecarMetrics(self)
         #: Re-reads the config for SIGHUP and POST /reload (set by the CLI).
         self.config_loader: ConfigLoader | None = None
@@ -167,9 +169,9 @@ class Sidecar:
             await anyio.sleep(1.0)
             self.tls.reload_if_changed()
 
-    def _outbound_cluster_stack(self, cluster: Cluster) -> Handler:
-        stack = stacks.cluster_stack(self.config, cluster, self.config.outbound_timeouts.request)
-        return self.metrics.observe(stack, "outbound", cluster.name)
+    def _outbound_cluster_stack(self, cluster: Cluster) -> ObservedUpstream:
+        upstream = stacks.upstream_stack(self.config, cluster, self._policy_book)
+        return self.metrics.observe_upstream(upstream, cluster.name)
 
     async def _listen(
         self,
@@ -245,13 +247,13 @@ class Sidecar:
                 self.app_cluster = app
                 tg.start_soon(self._probe_app)
                 identity = self.tls.identity if self.tls is not None else None
+                inbound = stacks.inbound_stack(config, app, identity)
+                self.inbound_protection = inbound.protection
                 await self._listen(
                     "inbound",
                     "inbound",
                     config.listen,
-                    self.metrics.observe(
-                        stacks.inbound_stack(config, app, identity), "inbound", config.service
-                    ),
+                    self.metrics.observe(inbound.handler, "inbound", config.service),
                     self.tls.listening_context if self.tls is not None else None,
                 )
             for upstream in config.upstreams:
@@ -376,9 +378,15 @@ class Sidecar:
 
     def clusters_snapshot(self) -> dict[str, Any]:
         assert self.services is not None
-        data = {name: c.statistics() for name, c in sorted(self.services.clusters.items())}
+        upstreams = self.services.upstreams
+        data = {
+            name: {**c.statistics(), "resilience": upstreams[name].statistics()}
+            for name, c in sorted(self.services.clusters.items())
+        }
         if self.app_cluster is not None:
-            data["<local app>"] = self.app_cluster.statistics()
+            app = data["<local app>"] = self.app_cluster.statistics()
+            if self.inbound_protection is not None:
+                app["resilience"] = self.inbound_protection.statistics()
         return data
 
     def listeners_snapshot(self) -> dict[str, Any]:

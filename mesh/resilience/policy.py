@@ -143,6 +143,8 @@ class OutlierPolicy:
     #: At most this share of a cluster's endpoints is ejected at once; always at least one
     #: (Envoy: 10 %, "will eject at least one host regardless of the value").
     max_ejection_share: float = 0.1
+    #: False: no endpoint breakers and no ejection at all; every endpoint stays in rotation.
+    enabled: bool = True
 
     def __post_init__(self) -> None:
         _share("max_ejection_share", self.max_ejection_share)
