@@ -7,8 +7,10 @@ stay fast), starts the binary with a throw-away TSDB, and queries the HTTP API.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -155,6 +157,22 @@ class PrometheusServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def _unix(rfc3339: str) -> float:
+    """Prometheus' lastScrape (nanosecond RFC 3339) as Unix time."""
+    trimmed = re.sub(r"(\.\d{6})\d*", r"\1", rfc3339).replace("Z", "+00:00")
+    return dt.datetime.fromisoformat(trimmed).timestamp()
+
+
+def wait_scraped_after(server: PrometheusServer, since: float, timeout: float = 10.0) -> None:
+    """Every target has been scraped (successfully) since `since` (Unix time)."""
+
+    def fresh() -> bool:
+        targets = server.api("targets")["activeTargets"]
+        return all(t["health"] == "up" and _unix(t["lastScrape"]) > since for t in targets)
+
+    wait_until(fresh, timeout, "a scrape of every target after the traffic", step=0.1)
 
 
 def wait_scraped(server: PrometheusServer, count: int, timeout: float = 15.0) -> None:

@@ -1,13 +1,15 @@
 """A real Prometheus scrapes real sidecars; every dashboard panel then shows data.
 
-Three sidecars with mTLS: `client` calls `backend` (healthy, with a bulkhead) and `flaky`
-(its app answers 503, so the client retries and its breaker opens), and refuses an
-`intruder` calling it. After a bounded burst of traffic, Prometheus (scraping every
-500 ms, with the project's rule file loaded) must agree with what the test sent: request
-counts by status class on both sides of each hop, retries against what the flaky app
-received, breaker refusals, bulkhead rejections and authorization denials. Then every
-panel query of every dashboard under grafana/, with its template variables filled in the
-way Grafana would, must return at least one series.
+Three sidecars with mTLS. `client` calls `backend` (healthy, behind a bulkhead of two
+slots, fault headers honoured), `flaky` (its app answers 503: the client retries each call
+twice) and `broken` (nothing listens: after two connect failures its breaker opens and
+later calls are refused), and it refuses an `intruder` calling it. After a bounded burst
+of traffic, Prometheus (scraping every 500 ms, with the project's rule file loaded) must
+agree with what the test sent and saw: request counts by status class on both sides of
+each hop, retries against what the flaky app received, breaker refusals and ejections,
+bulkhead rejections, injected faults and authorization denials. Then every panel query of
+every dashboard under grafana/, with its template variables filled in the way Grafana
+would, must return at least one series.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.metrics.dashboards import DASHBOARDS, RULE_FILES, load, queries, substitute, variables
-from tests.metrics.prometheus import PrometheusServer, wait_scraped
+from tests.metrics.prometheus import PrometheusServer, wait_scraped, wait_scraped_after
 from tests.support.certs import Pki, client_context
 from tests.support.processes import (
     MeshProcess,
@@ -38,19 +41,32 @@ pytestmark = pytest.mark.timeout(90)
 
 HEALTHY_CALLS = 20
 FLAKY_CALLS = 10
+FLAKY_RETRIES = 2
+BROKEN_CALLS = 6
+BREAKER_TRIPS_AFTER = 2
 SLOW_CALLS = 4  # concurrent, against a bulkhead of 2 slots and no queue
 BULKHEAD_SLOTS = 2
 INBOUND_CALLS = 3
 #: What Grafana's $__rate_interval becomes: the whole test fits in it.
 RATE_INTERVAL = "1m"
 
-RESILIENCE_BACKEND: dict[str, Any] = {
-    "bulkhead": {"max_concurrent": BULKHEAD_SLOTS, "max_queued": 0},
-    "fault": {"delay_percent": 0, "abort_percent": 0},
-}
-RESILIENCE_FLAKY: dict[str, Any] = {
-    "retry": {"max_retries": 2},
-    "outlier": {"consecutive_failures": 3},
+#: The client's per-upstream policies (`services:` in its config).
+POLICIES: dict[str, Any] = {
+    "backend": {
+        "retry": {"max_retries": 0},
+        "limits": {"max_requests": BULKHEAD_SLOTS, "max_pending": 0},
+        "fault": {"honour_headers": True},
+    },
+    "flaky": {"retry": {"max_retries": FLAKY_RETRIES}, "outlier": {"enabled": False}},
+    "broken": {
+        "retry": {"max_retries": 0},
+        # Open long enough that no probe happens while the test runs.
+        "breaker": {
+            "consecutive_failures": BREAKER_TRIPS_AFTER,
+            "backoff_min": 120,
+            "backoff_max": 240,
+        },
+    },
 }
 
 
@@ -63,6 +79,7 @@ class Mesh:
     client: MeshProcess
     backend: MeshProcess
     flaky: MeshProcess
+    #: The client's upstream ports by service.
     client_ports: dict[str, int]
     flaky_app: RecordingUpstream
     backend_app: RecordingUpstream
@@ -74,18 +91,25 @@ class Sent:
     """What the test observed at the client side, to compare with the metrics."""
 
     flaky_statuses: list[tuple[int, str]]
+    broken_statuses: list[tuple[int, str]]
     slow_statuses: list[tuple[int, str]]
+    fault_status: tuple[int, str]
     intruder_status: int
 
 
-def _get(port: int, path: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
+def _get(
+    port: int,
+    path: str,
+    context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
     conn: http.client.HTTPConnection
     if context is None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     else:
         conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         resp.read()
         return resp.status, resp.getheader("x-mesh-error") or ""
@@ -104,13 +128,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         RecordingUpstream() as client_app,
     ):
         listen = {name: free_port() for name in ("client", "backend", "flaky")}
-        ports = {"backend": free_port(), "flaky": free_port()}
+        ports = {"backend": free_port(), "flaky": free_port(), "broken": free_port()}
         catalog = write_yaml(
             work / "catalog.yaml",
             {
                 "services": {
                     "backend": [f"127.0.0.1:{listen['backend']}"],
                     "flaky": [f"127.0.0.1:{listen['flaky']}"],
+                    "broken": [f"127.0.0.1:{free_port()}"],  # nothing listens there
                 }
             },
         )
@@ -134,10 +159,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             "client",
             client_app,
             authorization={"deny": ["intruder"]},
-            upstreams=[
-                {"name": "backend", "local_port": ports["backend"], **RESILIENCE_BACKEND},
-                {"name": "flaky", "local_port": ports["flaky"], **RESILIENCE_FLAKY},
-            ],
+            upstreams=[{"name": name, "local_port": port} for name, port in ports.items()],
+            services=POLICIES,
         )
         try:
             for proc in (backend, flaky, client):
@@ -148,26 +171,29 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 @pytest.fixture(scope="module")
-def sent(mesh: Mesh) -> Sent:
+def sent(mesh: Mesh, prometheus: PrometheusServer) -> Sent:
+    """The traffic, sent while Prometheus watches (so rates see it), then scraped once more."""
     for _ in range(HEALTHY_CALLS):
         assert _get(mesh.client_ports["backend"], "/") == (200, "")
     flaky = [_get(mesh.client_ports["flaky"], "/") for _ in range(FLAKY_CALLS)]
+    broken = [_get(mesh.client_ports["broken"], "/") for _ in range(BROKEN_CALLS)]
     with concurrent.futures.ThreadPoolExecutor(SLOW_CALLS) as pool:
-        slow = list(pool.map(lambda _: _get(mesh.client_ports["backend"], "/slow"), range(4)))
+        slow = list(
+            pool.map(lambda _: _get(mesh.client_ports["backend"], "/slow"), range(SLOW_CALLS))
+        )
+    fault = _get(mesh.client_ports["backend"], "/", headers={"x-mesh-fault-abort": "503"})
     client_listen = mesh.client.admin("/listeners")["inbound"]["address"].rsplit(":", 1)[1]
     web = client_context(mesh.pki.issue("web"))
     for _ in range(INBOUND_CALLS):
         assert _get(int(client_listen), "/", web) == (200, "")
     intruder, _ = _get(int(client_listen), "/", client_context(mesh.pki.issue("intruder")))
-    return Sent(flaky, slow, intruder)
+    wait_scraped_after(prometheus, time.time())
+    return Sent(flaky, broken, slow, fault, intruder)
 
 
 @pytest.fixture(scope="module")
 def prometheus(
-    prometheus_binary: str,
-    mesh: Mesh,
-    sent: Sent,
-    tmp_path_factory: pytest.TempPathFactory,
+    prometheus_binary: str, mesh: Mesh, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PrometheusServer]:
     targets = [f"127.0.0.1:{proc.admin_port}" for proc in (mesh.client, mesh.backend, mesh.flaky)]
     server = PrometheusServer(
@@ -183,8 +209,11 @@ def prometheus(
 
 def test_the_test_saw_failures_and_refusals(sent: Sent) -> None:
     """The traffic really exercised the failing paths the dashboards show."""
-    assert all(status == 503 for status, _ in sent.flaky_statuses)
-    assert any(reason == "circuit-open" for _, reason in sent.flaky_statuses)
+    assert sent.flaky_statuses == [(503, "")] * FLAKY_CALLS  # the app's own 503s
+    assert sent.broken_statuses == [(503, "upstream-connect-failed")] * BREAKER_TRIPS_AFTER + [
+        (503, "circuit-open")
+    ] * (BROKEN_CALLS - BREAKER_TRIPS_AFTER)
+    assert sent.fault_status == (503, "fault-injected")
     statuses = sorted(sent.slow_statuses)
     assert statuses == [(200, "")] * BULKHEAD_SLOTS + [(503, "bulkhead-full")] * (
         SLOW_CALLS - BULKHEAD_SLOTS
@@ -199,15 +228,20 @@ def _sum(server: PrometheusServer, selector: str) -> float | None:
 def test_request_counts_agree_with_what_was_sent(prometheus: PrometheusServer, sent: Sent) -> None:
     out = 'service="client",direction="outbound"'
     admitted = HEALTHY_CALLS + BULKHEAD_SLOTS
-    rejected = SLOW_CALLS - BULKHEAD_SLOTS
+    refused = SLOW_CALLS - BULKHEAD_SLOTS + 1  # bulkhead rejections and the injected fault
+    expected = {
+        ("backend", "2xx"): admitted,
+        ("backend", "5xx"): refused,
+        ("flaky", "5xx"): FLAKY_CALLS,
+        ("broken", "5xx"): BROKEN_CALLS,
+    }
+    for (upstream, cls), count in expected.items():
+        prometheus.wait_value(
+            f'sum(mesh_requests_total{{{out},upstream="{upstream}",status_class="{cls}"}})', count
+        )
     prometheus.wait_value(
-        f'sum(mesh_requests_total{{{out},upstream="backend",status_class="2xx"}})', admitted
-    )
-    prometheus.wait_value(
-        f'sum(mesh_requests_total{{{out},upstream="backend",status_class="5xx"}})', rejected
-    )
-    prometheus.wait_value(
-        f'sum(mesh_requests_total{{{out},upstream="flaky",status_class="5xx"}})', FLAKY_CALLS
+        f"sum(mesh_request_duration_seconds_count{{{out}}})",
+        HEALTHY_CALLS + SLOW_CALLS + 1 + FLAKY_CALLS + BROKEN_CALLS,
     )
     # The other side of the hop counted the same requests.
     prometheus.wait_value(
@@ -221,43 +255,58 @@ def test_request_counts_agree_with_what_was_sent(prometheus: PrometheusServer, s
     )
     prometheus.wait_value(f'sum(mesh_requests_total{{{inbound},status_class="4xx"}})', 1)
     prometheus.wait_value('sum(mesh_authorization_denials_total{service="client"})', 1)
-    prometheus.wait_value(
-        'sum(mesh_request_duration_seconds_count{service="client",direction="outbound"})',
-        HEALTHY_CALLS + SLOW_CALLS + FLAKY_CALLS,
-    )
+    prometheus.wait_value(f'sum(mesh_local_responses_total{{{inbound},reason="forbidden"}})', 1)
 
 
-def test_retries_breakers_and_bulkheads_agree_with_what_happened(
+def test_retries_agree_with_what_the_failing_app_received(
     prometheus: PrometheusServer, sent: Sent, mesh: Mesh
 ) -> None:
-    refused = sum(1 for _, reason in sent.flaky_statuses if reason == "circuit-open")
-    reached = FLAKY_CALLS - refused
     attempts = len(mesh.flaky_app.requests)
-    sel = 'service="client",upstream="flaky"'
-    # Every attempt the flaky app received was a first try or a retry.
-    prometheus.wait_value(f"sum(mesh_retries_total{{{sel}}})", attempts - reached)
-    prometheus.wait_value(f"sum(mesh_endpoint_requests_total{{{sel}}})", attempts)
-    prometheus.wait_value(
-        f'sum(mesh_local_responses_total{{{sel},reason="circuit-open"}})', refused
-    )
-    prometheus.wait_value(f'sum(mesh_breaker_state{{{sel},state="closed"}})', 0)
-    assert (_sum(prometheus, f"mesh_outlier_ejections_total{{{sel}}}") or 0) >= 1
+    assert attempts == FLAKY_CALLS * (1 + FLAKY_RETRIES)
+    flaky = 'service="client",upstream="flaky"'
+    prometheus.wait_value(f"sum(mesh_retry_requests_total{{{flaky}}})", FLAKY_CALLS)
+    prometheus.wait_value(f"sum(mesh_retries_total{{{flaky}}})", FLAKY_CALLS * FLAKY_RETRIES)
+    prometheus.wait_value(f"sum(mesh_endpoint_requests_total{{{flaky}}})", attempts)
+    prometheus.wait_value(f"sum(mesh_retries_skipped_total{{{flaky}}})", FLAKY_CALLS)
     # The flaky sidecar received exactly what its app received.
     prometheus.wait_value(
         'sum(mesh_requests_total{service="flaky",direction="inbound",status_class="5xx"})',
         attempts,
     )
-    rejected = SLOW_CALLS - BULKHEAD_SLOTS
+
+
+def test_breakers_bulkheads_and_faults_agree_with_what_happened(
+    prometheus: PrometheusServer, sent: Sent
+) -> None:
+    broken = 'service="client",upstream="broken"'
+    tripped = BROKEN_CALLS - BREAKER_TRIPS_AFTER
+    prometheus.wait_value(
+        f'sum(mesh_local_responses_total{{{broken},reason="upstream-connect-failed"}})',
+        BREAKER_TRIPS_AFTER,
+    )
+    prometheus.wait_value(f"sum(mesh_upstream_connect_failures_total{{{broken}}})", 2)
+    prometheus.wait_value(
+        f'sum(mesh_local_responses_total{{{broken},reason="circuit-open"}})', tripped
+    )
+    prometheus.wait_value(f'sum(mesh_breaker_state{{{broken},state="open"}})', 1)
+    prometheus.wait_value(f'sum(mesh_breaker_state{{{broken},state="closed"}})', 0)
+    prometheus.wait_value(f"sum(mesh_outlier_ejections_total{{{broken}}})", 1)
+    prometheus.wait_value(f"sum(mesh_outlier_ejected_endpoints{{{broken}}})", 1)
+
     backend = 'service="client",upstream="backend"'
+    rejected = SLOW_CALLS - BULKHEAD_SLOTS
     prometheus.wait_value(f"sum(mesh_bulkhead_rejected_total{{{backend}}})", rejected)
     prometheus.wait_value(
         f'sum(mesh_local_responses_total{{{backend},reason="bulkhead-full"}})', rejected
     )
+    prometheus.wait_value(f"sum(mesh_bulkhead_limit{{{backend}}})", BULKHEAD_SLOTS)
+    prometheus.wait_value(f'sum(mesh_fault_injections_total{{{backend},kind="abort"}})', 1)
+    prometheus.wait_value(
+        f'sum(mesh_local_responses_total{{{backend},reason="fault-injected"}})', 1
+    )
 
 
 def test_every_dashboard_panel_returns_data(prometheus: PrometheusServer, sent: Sent) -> None:
-    # Let every rate window see at least two samples after the traffic.
-    prometheus.wait_value('sum(mesh_authorization_denials_total{service="client"})', 1)
     empty = []
     checked = 0
     for path in DASHBOARDS:
@@ -269,6 +318,11 @@ def test_every_dashboard_panel_returns_data(prometheus: PrometheusServer, sent: 
                 empty.append(f"{query.dashboard} / {query.panel} / {query.ref}: {expr}")
     assert checked >= 40
     assert not empty, "panels without data:\n" + "\n".join(empty)
+    # Prometheus watched the traffic happen: the rates are not just present but positive.
+    busiest = prometheus.query(
+        f'sum by (upstream) (rate(mesh_requests_total{{service="client"}}[{RATE_INTERVAL}]))'
+    )
+    assert all(float(series["value"][1]) > 0 for series in busiest), busiest
 
 
 def _variable_values(prometheus: PrometheusServer, dashboard: dict[str, Any]) -> dict[str, str]:
