@@ -297,6 +297,14 @@ def _resilience(service: str, clusters: dict[str, Any]) -> Iterator[Metric]:
     bh_timed_out = CounterMetricFamily(
         "mesh_bulkhead_timed_out", "Requests whose deadline passed waiting for a slot.", labels=_RQ
     )
+    conn_limit = GaugeMetricFamily(
+        "mesh_upstream_connection_limit", "Connections allowed to the upstream.", labels=_RQ
+    )
+    conn_overflows = CounterMetricFamily(
+        "mesh_upstream_connections_overflowed",
+        "Connections refused by the upstream's connection cap.",
+        labels=_RQ,
+    )
     faults = CounterMetricFamily(
         "mesh_fault_injections", "Faults injected on purpose, by kind.", labels=[*_RQ, "kind"]
     )
@@ -331,13 +339,18 @@ def _resilience(service: str, clusters: dict[str, Any]) -> Iterator[Metric]:
             bh_admitted.add_metric(values, bulkhead["admitted_total"])
             bh_rejected.add_metric(values, bulkhead["rejected_total"])
             bh_timed_out.add_metric(values, bulkhead["timed_out_total"])
+        connections = layers.get("connections")
+        if connections is not None:
+            conn_limit.add_metric(values, connections["limit"])
+            conn_overflows.add_metric(values, connections["overflowed_total"])
         fault = layers.get("fault")
         if fault is not None:
             faults.add_metric([*values, "delay"], fault["delayed_total"])
             faults.add_metric([*values, "abort"], fault["aborted_total"])
     yield from (retry_requests, retries, skipped, budget_refused, budget_available)
     yield from (breaker, ejections, ejected, refusals)
-    yield from (bh_in_use, bh_limit, bh_queued, bh_admitted, bh_rejected, bh_timed_out, faults)
+    yield from (bh_in_use, bh_limit, bh_queued, bh_admitted, bh_rejected, bh_timed_out)
+    yield from (conn_limit, conn_overflows, faults)
 
 
 def _tls_failures(service: str, clusters: dict[str, Any], sidecar: Sidecar) -> Iterator[Metric]:

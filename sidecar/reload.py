@@ -65,7 +65,7 @@ def changed_keys(old: SidecarConfig, new: SidecarConfig) -> list[str]:
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict):  # an empty mapping has no leaves: {} equals absent
         out: dict[str, Any] = {}
         for key, item in value.items():
             out.update(_flatten(item, f"{prefix}{key}."))

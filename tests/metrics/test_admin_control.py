@@ -143,6 +143,30 @@ def test_sighup_applies_live_changes_on_an_open_connection(sidecar: Running) -> 
     assert sidecar.metric('mesh_config_reloads_total{result="applied"') == 1
 
 
+def test_post_reload_rebuilds_an_upstream_policy_behind_open_connections(
+    sidecar: Running,
+) -> None:
+    fault = {"x-mesh-fault-abort": "503"}
+    conn = http.client.HTTPConnection("127.0.0.1", sidecar.upstream_port, timeout=5)
+    conn.request("GET", "/", headers=fault)
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (200, b"done\n")  # fault headers not honoured yet
+    socket_before = conn.sock
+
+    sidecar.rewrite(services={"backend": {"fault": {"honour_headers": True}}})
+    status, body = sidecar.post("/reload")
+    assert (status, body["changed"]) == (200, ["services.backend.fault.honour_headers"])
+    policy = sidecar.proc.admin("/clusters")["backend"]["resilience"]["policy"]
+    assert policy["fault"]["honour_headers"] is True
+
+    conn.request("GET", "/", headers=fault)
+    resp = conn.getresponse()
+    resp.read()
+    assert (resp.status, resp.getheader("x-mesh-error")) == (503, "fault-injected")
+    assert conn.sock is socket_before, "the connection was dropped by the reload"
+    conn.close()
+
+
 def test_sighup_refuses_an_invalid_value_naming_the_key(sidecar: Running) -> None:
     sidecar.rewrite(limits={"max_headers": 3})
     sidecar.proc.signal(signal.SIGHUP)
