@@ -12,6 +12,7 @@ service, direction, upstream, status class or reason, and the endpoint where it 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,9 @@ class SidecarMetrics:
         self.reloads = {"applied": 0, "refused": 0}
         self._authorize: list[Authorize] = []
         self._observed: list[tuple[str, Handler]] = []
+        #: Every server TLS context used so far (a rotation adds one): OpenSSL counts
+        #: handshakes per context, and totals must not drop when the certificate rotates.
+        self._server_contexts: list[ssl.SSLContext] = []
         #: Every upstream stack built, for reloads of their policies.
         self.upstreams: list[UpstreamStack] = []
         self.registry = CollectorRegistry(auto_describe=False)
@@ -80,6 +84,21 @@ class SidecarMetrics:
     def observed(self) -> list[tuple[str, Handler]]:
         """(direction, stack) of every observed stack, for reloads that reach into layers."""
         return list(self._observed)
+
+    def inbound_handshakes(self) -> tuple[int, int] | None:
+        """(started, completed) TLS handshakes on the inbound listener, None without mTLS."""
+        tls = self.sidecar.tls
+        if tls is None:
+            return None
+        current = tls.current.server
+        if not any(ctx is current for ctx in self._server_contexts):
+            self._server_contexts.append(current)
+        started = completed = 0
+        for ctx in (tls.listening_context, *self._server_contexts):
+            stats = ctx.session_stats()
+            started += stats["accept"]
+            completed += stats["accept_good"]
+        return started, completed
 
     def authorization_denials(self) -> int | None:
         if not self._authorize:
@@ -127,7 +146,7 @@ class SidecarCollector(Collector):
             clusters = sidecar.clusters_snapshot()
             yield from _clusters(service, clusters)
             yield from _resilience(service, clusters)
-            yield from _tls_failures(service, clusters, sidecar)
+            yield from _tls_failures(service, clusters, metrics)
         yield from _listeners(service, sidecar.listeners_snapshot())
         yield from _identity(service, sidecar, metrics.authorization_denials())
         yield from _process(service, metrics)
@@ -353,7 +372,10 @@ def _resilience(service: str, clusters: dict[str, Any]) -> Iterator[Metric]:
     yield from (conn_limit, conn_overflows, faults)
 
 
-def _tls_failures(service: str, clusters: dict[str, Any], sidecar: Sidecar) -> Iterator[Metric]:
+def _tls_failures(
+    service: str, clusters: dict[str, Any], metrics: SidecarMetrics
+) -> Iterator[Metric]:
+    sidecar = metrics.sidecar
     if sidecar.tls is None:
         return
     family = CounterMetricFamily(
@@ -375,6 +397,23 @@ def _tls_failures(service: str, clusters: dict[str, Any], sidecar: Sidecar) -> I
     )
     family.add_metric([service, "inbound", "no_identity"], no_identity)
     yield family
+    handshakes = metrics.inbound_handshakes()
+    if handshakes is not None:
+        # The reason of an inbound handshake failure (no client certificate, another CA)
+        # never reaches the application; OpenSSL's per-context counters tell how many.
+        started = CounterMetricFamily(
+            "mesh_tls_inbound_handshakes_started",
+            "TLS handshakes callers began with the inbound listener.",
+            labels=["service"],
+        )
+        started.add_metric([service], handshakes[0])
+        completed = CounterMetricFamily(
+            "mesh_tls_inbound_handshakes_completed",
+            "Of those, handshakes that completed (started minus completed: failed or running).",
+            labels=["service"],
+        )
+        completed.add_metric([service], handshakes[1])
+        yield from (started, completed)
 
 
 def _listeners(service: str, listeners: dict[str, Any]) -> Iterator[Metric]:

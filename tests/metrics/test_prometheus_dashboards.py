@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,8 +188,20 @@ def sent(mesh: Mesh, prometheus: PrometheusServer) -> Sent:
     for _ in range(INBOUND_CALLS):
         assert _get(int(client_listen), "/", web) == (200, "")
     intruder, _ = _get(int(client_listen), "/", client_context(mesh.pki.issue("intruder")))
+    assert _handshake_fails(int(client_listen), mesh.pki.issue("web").roots)
     wait_scraped_after(prometheus, time.time())
     return Sent(flaky, broken, slow, fault, intruder)
+
+
+def _handshake_fails(port: int, roots: Path) -> bool:
+    """A caller without a client certificate: the inbound listener refuses the handshake."""
+    context = ssl.create_default_context(cafile=str(roots))
+    context.check_hostname = False
+    try:
+        _get(port, "/", context)
+    except (ssl.SSLError, OSError):
+        return True
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +268,10 @@ def test_request_counts_agree_with_what_was_sent(prometheus: PrometheusServer, s
     )
     prometheus.wait_value(f'sum(mesh_requests_total{{{inbound},status_class="4xx"}})', 1)
     prometheus.wait_value('sum(mesh_authorization_denials_total{service="client"})', 1)
+    # Four callers completed their handshake; the one without a certificate did not.
+    handshakes = 'mesh_tls_inbound_handshakes_{}_total{{service="client"}}'
+    prometheus.wait_value(f"sum({handshakes.format('started')})", INBOUND_CALLS + 2)
+    prometheus.wait_value(f"sum({handshakes.format('completed')})", INBOUND_CALLS + 1)
     prometheus.wait_value(f'sum(mesh_local_responses_total{{{inbound},reason="forbidden"}})', 1)
 
 
