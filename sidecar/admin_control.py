@@ -33,7 +33,12 @@ JsonResponder = Callable[[int, object], Response]
 
 
 def metrics_response(sidecar: Sidecar) -> Response:
-    return Response.local(200, sidecar.metrics.render(), [(b"content-type", CONTENT_TYPE)])
+    try:
+        text = sidecar.metrics.render()
+    except Exception:  # a bug in one family must not cost the admin listener its answer
+        log.exception("collecting metrics failed")
+        return Response.local(500, b"collecting metrics failed; see the sidecar's log\n")
+    return Response.local(200, text, [(b"content-type", CONTENT_TYPE)])
 
 
 def _from_loopback(request: Request) -> bool:

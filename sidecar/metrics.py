@@ -11,10 +11,9 @@ service, direction, upstream, status class or reason, and the endpoint where it 
 
 from __future__ import annotations
 
-import logging
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from sidecar.runtime import Sidecar
     from sidecar.upstream_stack import UpstreamStack
 
-log = logging.getLogger("sidecar.metrics")
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LOCAL_APP = "<local app>"
@@ -130,14 +128,7 @@ class SidecarCollector(Collector):
     def __init__(self, metrics: SidecarMetrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterable[Metric]:
-        try:
-            yield from self._collect()
-        except Exception:  # a scrape must never take the admin listener down
-            log.exception("collecting metrics failed")
-            raise
-
-    def _collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Metric]:
         metrics = self.metrics
         sidecar = metrics.sidecar
         service = sidecar.config.service
