@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,14 +27,18 @@ from pydantic import (
 from mesh.identity.authorize import StaticAuthorizer
 from mesh.policy import BalancePolicy, HttpLimits, PoolPolicy, TimeoutPolicy
 from sidecar.policies import (
+    META_KEY,
     InboundPolicies,
     PolicyBook,
     PolicyError,
     UpstreamPolicies,
     UpstreamTimeouts,
+    combine,
+    parse_meta,
 )
 
 Port = int
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class ConfigError(ValueError):
@@ -106,6 +111,9 @@ class ConsulConfig(_Model):
     advertise_address: str | None = None
     tags: tuple[str, ...] = ()
     weight: int = Field(1, ge=1, le=65535)
+    #: Service Meta of the registrations; `mesh-policy` tells callers how to call this
+    #: service (a JSON object shaped like `resilience`, validated here).
+    meta: dict[str, str] = {}
     #: The sidecar probes its app this often and reports to a TTL check.
     check_interval: float = Field(2.0, gt=0, le=300)
     check_ttl: float = Field(10.0, gt=0)
@@ -133,6 +141,24 @@ class ConsulConfig(_Model):
         if scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
             raise ValueError(f"{value!r} is not an http(s)://HOST:PORT address")
         return url.rstrip("/")
+
+    @field_validator("meta")
+    @classmethod
+    def _meta(cls, value: dict[str, str]) -> dict[str, str]:
+        # Consul's own limits, checked here so the agent never refuses the registration.
+        if len(value) > 64:
+            raise ValueError("at most 64 keys")
+        for key, text in value.items():
+            if not _META_KEY.match(key):
+                raise ValueError(f"{key!r}: keys are 1-128 of A-Z a-z 0-9 _ -")
+            if len(text) > 512:
+                raise ValueError(f"{key}: values are at most 512 characters")
+        if META_KEY in value:
+            try:
+                combine(UpstreamPolicies(), ("meta", parse_meta(value[META_KEY])))
+            except PolicyError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _ttl_outlives_interval(self) -> ConsulConfig:

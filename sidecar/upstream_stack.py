@@ -48,6 +48,7 @@ class UpstreamStack:
         self.policies = book.local(cluster.name)
         self.meta = ""
         self.meta_problem = ""
+        self.meta_applied = False
         self.latency = AttemptLatency()
         self.budget = RetryBudget(self.policies.budget, self._clock)
         self.retries = ResourceGauge("retries", self.policies.limits.max_retries)
@@ -122,6 +123,7 @@ class UpstreamStack:
             return
         self.meta = meta
         policies, problem = self.book.resolve(self.cluster.name, meta)
+        self.meta_applied = bool(meta) and not problem
         if len(values) > 1:
             problem = f"instances disagree on Meta {META_KEY}; using the first in order"
         if problem and problem != self.meta_problem:
@@ -141,7 +143,7 @@ class UpstreamStack:
     def statistics(self) -> dict[str, Any]:
         return {
             "policy": {
-                "source": "defaults+meta+local" if self.meta else "defaults+local",
+                "source": "defaults+meta+local" if self.meta_applied else "defaults+local",
                 "meta_problem": self.meta_problem or None,
                 **self.policies.model_dump(mode="json"),
             },
