@@ -176,7 +176,7 @@ def _requests(service: str, requests: RequestMetrics) -> Iterator[Metric]:
     for (direction, upstream), stats in sorted(requests.stats.items()):
         values = [service, direction, upstream]
         for cls, count in stats.classes():
-            if count or cls in ("2xx", "5xx"):
+            if count or cls != "other":
                 total.add_metric([*values, cls], count)
         _add_histogram(duration, values, stats.duration)
         in_flight.add_metric(values, stats.in_flight)

@@ -25,6 +25,17 @@ STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 _SLOTS = 10
 
 
+def reason_words() -> list[str]:
+    """Every `x-mesh-error` word the error tree defines (subclasses loaded so far)."""
+    words = {INTERNAL_REASON}
+    todo = MeshError.__subclasses__()
+    while todo:
+        cls = todo.pop()
+        words.add(cls.reason)
+        todo.extend(cls.__subclasses__())
+    return sorted(words)
+
+
 class RequestStats:
     """What one observed stack has seen, in plain numbers the collector reads."""
 
@@ -37,8 +48,9 @@ class RequestStats:
         self.by_class = [0] * _SLOTS
         self.in_flight = 0
         self.duration = Histogram()
-        #: Answers the proxy made itself, by `x-mesh-error` reason.
-        self.local: dict[str, int] = {}
+        #: Answers the proxy made itself, by `x-mesh-error` reason. Every known word starts
+        #: at 0, so that Prometheus' rate() sees the first one happen.
+        self.local: dict[str, int] = dict.fromkeys(reason_words(), 0)
 
     def record(self, status: int, reason: str, seconds: float) -> None:
         """The slow path (failures); `ObserveRequests` inlines the same for responses."""

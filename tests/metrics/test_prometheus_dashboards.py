@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,8 +72,14 @@ POLICIES: dict[str, Any] = {
 }
 
 
+#: `/slow` requests hold their bulkhead slot until the test has seen the others refused.
+RELEASE_SLOW = threading.Event()
+
+
 def backend_reply(request: RecordedRequest) -> Reply:
-    return Reply(body=b"ok\n", delay=0.4 if request.target == "/slow" else 0.0)
+    if request.target == "/slow":
+        RELEASE_SLOW.wait(10)
+    return Reply(body=b"ok\n")
 
 
 @dataclass
@@ -179,9 +186,18 @@ def sent(mesh: Mesh, prometheus: PrometheusServer) -> Sent:
     flaky = [_get(mesh.client_ports["flaky"], "/") for _ in range(FLAKY_CALLS)]
     broken = [_get(mesh.client_ports["broken"], "/") for _ in range(BROKEN_CALLS)]
     with concurrent.futures.ThreadPoolExecutor(SLOW_CALLS) as pool:
-        slow = list(
-            pool.map(lambda _: _get(mesh.client_ports["backend"], "/slow"), range(SLOW_CALLS))
+        calls = [
+            pool.submit(_get, mesh.client_ports["backend"], "/slow") for _ in range(SLOW_CALLS)
+        ]
+        # Two take the slots and wait upstream; the others are refused at once.
+        concurrent.futures.wait(calls, timeout=10, return_when=concurrent.futures.FIRST_COMPLETED)
+        wait_until(
+            lambda: sum(c.done() for c in calls) == SLOW_CALLS - BULKHEAD_SLOTS,
+            10,
+            "the calls beyond the bulkhead to be refused",
         )
+        RELEASE_SLOW.set()
+        slow = [call.result(10) for call in calls]
     fault = _get(mesh.client_ports["backend"], "/", headers={"x-mesh-fault-abort": "503"})
     client_listen = mesh.client.admin("/listeners")["inbound"]["address"].rsplit(":", 1)[1]
     web = client_context(mesh.pki.issue("web"))
@@ -189,6 +205,8 @@ def sent(mesh: Mesh, prometheus: PrometheusServer) -> Sent:
         assert _get(int(client_listen), "/", web) == (200, "")
     intruder, _ = _get(int(client_listen), "/", client_context(mesh.pki.issue("intruder")))
     assert _handshake_fails(int(client_listen), mesh.pki.issue("web").roots)
+    # Two scrapes after the traffic: a series born late in it has two samples for rate().
+    wait_scraped_after(prometheus, time.time())
     wait_scraped_after(prometheus, time.time())
     return Sent(flaky, broken, slow, fault, intruder)
 
