@@ -198,6 +198,19 @@ class AuthorizationConfig(_Model):
         return StaticAuthorizer(self.default != "deny", frozenset(self.allow), frozenset(self.deny))
 
 
+class MetricsConfig(_Model):
+    """Where Prometheus scrapes. `/metrics` is always on the admin listener too."""
+
+    #: A second listener serving only GET /metrics, e.g. 0.0.0.0:9102 for a Prometheus in
+    #: another container; control endpoints stay on the admin listener (loopback).
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hostport(value)
+
+
 class SidecarConfig(_Model):
     service: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     app_host: str = "127.0.0.1"
@@ -222,6 +235,7 @@ class SidecarConfig(_Model):
     consul: ConsulConfig = ConsulConfig()
     tls: TlsConfig | None = None
     authorization: AuthorizationConfig = AuthorizationConfig()
+    metrics: MetricsConfig = MetricsConfig()
     #: Defaults for calling every upstream (sidecar/policies.py; timeouts: outbound_timeouts).
     resilience: UpstreamPolicies = UpstreamPolicies()
     #: Per upstream service: overrides of `resilience` (and `timeouts`), merged key by key.
