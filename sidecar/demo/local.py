@@ -190,15 +190,21 @@ async def warm_up(client: httpcore.AsyncConnectionPool, stats: Stats) -> None:
 
 
 class Switch:
-    """The payments switch: a file the payments app re-reads when it changes."""
+    """The payments switch: a file the payments app re-reads when it changes (anyone may
+    write it; the live view shows what it holds)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.mode = "ok"
 
     def set(self, mode: str) -> None:
         self.path.write_text(mode + "\n")
-        self.mode = mode
+
+    @property
+    def mode(self) -> str:
+        try:
+            return self.path.read_text().strip() or "ok"
+        except OSError:
+            return "ok"
 
 
 async def keys(switch: Switch) -> None:

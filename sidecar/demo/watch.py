@@ -2,7 +2,7 @@
 
 Every sidecar writes one JSON line per request (`access_log: true`) into its service's log
 file. Tailing those files gives per-service numbers without asking the services anything:
-inbound requests, errors (5xx, or no response) and their reasons, and latencies.
+inbound requests, errors (5xx) and their reasons, and latencies.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class ServiceLog:
         if entry.get("direction") != "inbound":
             return
         status = int(entry.get("status") or 0)
-        failed = status == 0 or status >= 500
+        # Status 0: no response was sent, as when the caller went away (the load stopping).
+        failed = status >= 500
         self.requests += 1
         if failed:
             self.errors[f"{status} {entry.get('mesh_error') or 'app'}"] += 1

@@ -19,8 +19,8 @@ from tests.support.processes import MeshProcess, wait_until
 
 pytestmark = pytest.mark.timeout(45)
 
-#: One `mesh attach` per service, and the app it runs.
-EXPECTED_CHILDREN = 2 * len(SERVICES)
+#: One `mesh attach` per service and the app it runs, and the load generator's sidecar.
+EXPECTED_CHILDREN = 2 * len(SERVICES) + 1
 
 
 def record_children(demo: MeshProcess, timeout: float = 20) -> dict[int, int]:
@@ -55,6 +55,10 @@ def assert_clean_finish(demo: MeshProcess, started: dict[int, int]) -> None:
     assert ok > 0, text
     assert sent - 1 <= ok <= sent, text
     assert summary[3] == "none", text
+    # Every service was reached through the entry, and none answered an error.
+    for service in SERVICES:
+        row = re.search(rf"^  {service.name}\s+(\d+)\s+(\d+)  ", text, re.MULTILINE)
+        assert row is not None and int(row[1]) > 0 and int(row[2]) == 0, text
     assert text.rstrip().endswith("all demo processes stopped"), text
     left = [pid for pid, start in started.items() if still_running(pid, start)]
     assert left == [], f"demo processes still running after exit: {left}"
