@@ -23,6 +23,7 @@ import yaml
 from sidecar.demo.plan import sidecar_config
 from sidecar.demo.topology import (
     ENTRY,
+    ENTRY_KIND,
     FAILING_SHARE,
     FAULTY,
     LOAD_CLIENT,
@@ -136,6 +137,8 @@ def _sidecar_depends() -> dict[str, Any]:
 
 
 def services() -> dict[str, Any]:
+    if ENTRY_KIND != "frontend":
+        raise ValueError(f"entry kind {ENTRY_KIND!r}: the compose demo has only `frontend`")
     out: dict[str, Any] = {
         "consul": {
             "image": IMAGES["consul"],

@@ -39,6 +39,7 @@ from sidecar.demo.load import Stats
 from sidecar.demo.plan import sidecar_config
 from sidecar.demo.topology import (
     ENTRY,
+    ENTRY_KIND,
     FAILING_SHARE,
     FAULT_MODES,
     FAULTY,
@@ -339,6 +340,8 @@ async def start_mesh(
 ) -> Running:
     """Start the agent (if any), issue identities, start every service and the load
     generator's sidecar; return the latter once all are ready."""
+    if ENTRY_KIND != "frontend":
+        raise RuntimeError(f"entry kind {ENTRY_KIND!r}: the local demo starts only `frontend`")
     mesh.agent = agent = await start_agent(discovery, workdir)
     if agent is not None:
         await agent.start(pool)

@@ -65,16 +65,15 @@ def service(name: str) -> DemoService:
     return next(s for s in SERVICES if s.name == name)
 
 
-def callers(name: str) -> tuple[str, ...]:
-    """Who may call `name`: its callers in the graph, and the load generator for the entry.
-
-    This is every sidecar's authorization policy (`default: deny`, these allowed).
-    """
-    found = tuple(s.name for s in SERVICES if name in s.calls)
-    return (LOAD_CLIENT, *found) if name == ENTRY else found
-
-
 def edges() -> set[tuple[str, str]]:
-    """Every (caller, callee) pair of the mesh, the load generator included."""
-    pairs = {(s.name, c) for s in SERVICES for c in s.calls}
+    """Every (caller, callee) pair of the mesh: the entry to each route's service (whichever
+    kind the entry is), the shop's calls, and the load generator to the entry."""
+    pairs = {(ENTRY, target) for _, target in ROUTES}
+    pairs |= {(s.name, c) for s in SHOP for c in s.calls}
     return pairs | {(LOAD_CLIENT, ENTRY)}
+
+
+def callers(name: str) -> tuple[str, ...]:
+    """Who may call `name`, in a stable order: every sidecar's authorization policy is
+    `default: deny` with these allowed."""
+    return tuple(sorted(caller for caller, callee in edges() if callee == name))
