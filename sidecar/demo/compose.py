@@ -20,16 +20,12 @@ from typing import Any
 
 import yaml
 
-from sidecar.demo.plan import sidecar_config
+from sidecar.demo.plan import app_env, sidecar_config
 from sidecar.demo.topology import (
-    ENTRY,
     ENTRY_KIND,
-    FAILING_SHARE,
     FAULTY,
     LOAD_CLIENT,
-    ROUTES,
     SERVICES,
-    SLOW_MS,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,25 +98,13 @@ def sidecar_file(name: str) -> dict[str, Any]:
 
 
 def app_environment(name: str) -> dict[str, str]:
-    spec = next(s for s in SERVICES if s.name == name)
-    env = {
-        "DEMO_SERVICE": name,
-        "DEMO_PORT": str(APP_PORT),
-        "DEMO_CALLS": ",".join(spec.calls),
-        "HTTP_PROXY": f"http://127.0.0.1:{PROXY_PORT}",
-        "NO_PROXY": "localhost,127.0.0.1,::1",
-    }
-    if name == ENTRY:
-        env["DEMO_ROUTES"] = ",".join(f"{prefix}={target}" for prefix, target in ROUTES)
+    env = app_env(name, APP_PORT, f"/tmp/{FAULTY}.mode")
+    # In the container the sidecar's proxy port is fixed (no `mesh attach` to hand it over).
+    env |= {"HTTP_PROXY": f"http://127.0.0.1:{PROXY_PORT}", "NO_PROXY": "localhost,127.0.0.1,::1"}
     if name == FAULTY:
         # The switch: `docker compose exec payments sh -c 'echo failing > /tmp/payments.mode'`
         # while it runs, or PAYMENTS_MODE=slow|failing at `docker compose up`.
-        env |= {
-            "DEMO_MODE": "${PAYMENTS_MODE:-ok}",
-            "DEMO_MODE_FILE": f"/tmp/{FAULTY}.mode",
-            "DEMO_SLOW_MS": str(SLOW_MS),
-            "DEMO_FAILING_SHARE": str(FAILING_SHARE),
-        }
+        env["DEMO_MODE"] = "${PAYMENTS_MODE:-ok}"
     return env
 
 

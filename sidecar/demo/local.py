@@ -36,18 +36,15 @@ from sidecar.demo import load as loadgen
 from sidecar.demo.certs import issue_all
 from sidecar.demo.consul_agent import DevAgent, find_consul
 from sidecar.demo.load import Stats
-from sidecar.demo.plan import sidecar_config
+from sidecar.demo.plan import app_env, sidecar_config
 from sidecar.demo.topology import (
     ENTRY,
     ENTRY_KIND,
-    FAILING_SHARE,
     FAULT_MODES,
     FAULTY,
     LOAD_CLIENT,
     LOAD_PATHS,
-    ROUTES,
     SERVICES,
-    SLOW_MS,
 )
 from sidecar.demo.watch import ServiceLog, call_tree, table
 from sidecar.signals import stop_on_signals
@@ -90,20 +87,8 @@ def discovery_keys(workdir: Path, planned: list[Running], agent: DevAgent | None
     return {"catalog": str(catalog_path)}
 
 
-def app_env(name: str, app_port: int, mode_file: Path) -> dict[str, str]:
-    """The app's environment: who it is, whom it calls, and (payments) its fault switch."""
-    spec = next(s for s in SERVICES if s.name == name)
-    env = {"DEMO_SERVICE": name, "DEMO_PORT": str(app_port), "DEMO_CALLS": ",".join(spec.calls)}
-    if name == ENTRY:
-        env["DEMO_ROUTES"] = ",".join(f"{prefix}={target}" for prefix, target in ROUTES)
-    if name == FAULTY:
-        env |= {"DEMO_MODE_FILE": str(mode_file), "DEMO_SLOW_MS": str(SLOW_MS),
-                "DEMO_FAILING_SHARE": str(FAILING_SHARE)}  # fmt: skip
-    return env
-
-
 async def spawn(workdir: Path, name: str, command: list[str], env: dict[str, str]) -> Process:
-    # A local log file opens at once; the child owns it from here on.
+    # The child writes its output (the access log among it) into <workdir>/<name>.log.
     log_file = open(workdir / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230
     try:
         return await anyio.open_process(
@@ -113,42 +98,57 @@ async def spawn(workdir: Path, name: str, command: list[str], env: dict[str, str
         log_file.close()  # the child has its own copy
 
 
-async def start_services(
-    workdir: Path, services: list[Running], agent: DevAgent | None = None
-) -> None:
-    """Start every service and the load generator's sidecar; `services` grows as they start,
-    so a stop midway finds them."""
+@dataclass
+class Launch:
+    """One process of the local demo, before it starts: its sidecar config, command, env."""
+
+    run: Running
+    config: dict[str, Any]
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def plan_local(workdir: Path, agent: DevAgent | None = None) -> list[Launch]:
+    """Every service (`mesh attach` with its app), then the load generator's sidecar."""
     planned = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
     discovery = discovery_keys(workdir, planned, agent)
     certs = str(workdir / "certs")
     mesh = str(Path(sys.executable).with_name("mesh"))
+    launches = []
     for run in planned:
         config = sidecar_config(
             run.name, certs, app_port=run.app_port, listen=f"127.0.0.1:{run.inbound}",
             admin=f"127.0.0.1:{run.admin}", log_level="warning", **discovery,
         )  # fmt: skip
-        config_path = workdir / f"{run.name}.json"
-        config_path.write_text(json.dumps(config, indent=2))
-        command = [mesh, "attach", "--config", str(config_path),
+        command = [mesh, "attach", "--config", str(workdir / f"{run.name}.json"),
                    "--", sys.executable, "-m", "sidecar.demo.app"]  # fmt: skip
-        env = app_env(run.name, run.app_port, workdir / f"{FAULTY}.mode")
-        run.process = await spawn(workdir, run.name, command, env)
-        services.append(run)
-        say(f"  started {run.name:<14} sidecar :{run.inbound}  app :{run.app_port}  "
-            f"admin :{run.admin}  (pid {run.process.pid})")  # fmt: skip
+        env = app_env(run.name, run.app_port, str(workdir / f"{FAULTY}.mode"))
+        launches.append(Launch(run, config, command, env))
     client = Running(LOAD_CLIENT, 0, 0, free_port(), proxy=free_port())
     config = sidecar_config(
         LOAD_CLIENT, certs, proxy_port=client.proxy, admin=f"127.0.0.1:{client.admin}",
         log_level="warning", **discovery,
     )  # fmt: skip
-    config_path = workdir / f"{LOAD_CLIENT}.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    client.process = await spawn(
-        workdir, LOAD_CLIENT, [mesh, "sidecar", "--config", str(config_path)], {}
-    )
-    services.append(client)
-    say(f"  started {LOAD_CLIENT:<14} sidecar proxy :{client.proxy}  admin :{client.admin}  "
-        f"(pid {client.process.pid})")  # fmt: skip
+    command = [mesh, "sidecar", "--config", str(workdir / f"{LOAD_CLIENT}.json")]
+    return [*launches, Launch(client, config, command)]
+
+
+async def start_services(
+    workdir: Path, services: list[Running], agent: DevAgent | None = None
+) -> None:
+    """Start every process of `plan_local`; `services` grows as they start, so a stop
+    midway finds them."""
+    for launch in plan_local(workdir, agent):
+        run = launch.run
+        (workdir / f"{run.name}.json").write_text(json.dumps(launch.config, indent=2))
+        run.process = await spawn(workdir, run.name, launch.command, launch.env)
+        services.append(run)
+        if run.proxy:
+            say(f"  started {run.name:<14} sidecar proxy :{run.proxy}  admin :{run.admin}  "
+                f"(pid {run.process.pid})")  # fmt: skip
+        else:
+            say(f"  started {run.name:<14} sidecar :{run.inbound}  app :{run.app_port}  "
+                f"admin :{run.admin}  (pid {run.process.pid})")  # fmt: skip
 
 
 async def wait_ready(services: list[Running], pool: httpcore.AsyncConnectionPool) -> None:

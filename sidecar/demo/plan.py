@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.demo.topology import LOAD_CLIENT, SERVICES, callers
+from sidecar.demo.topology import (
+    ENTRY,
+    FAILING_SHARE,
+    FAULTY,
+    LOAD_CLIENT,
+    ROUTES,
+    SERVICES,
+    SLOW_MS,
+    callers,
+    service,
+)
 
 
 def identities() -> tuple[str, ...]:
@@ -39,3 +49,21 @@ def sidecar_config(name: str, certs_root: str, **where: Any) -> dict[str, Any]:
         config["authorization"] = {"default": "deny", "allow": list(callers(name))}
     config.update(where)
     return config
+
+
+def app_env(name: str, app_port: int, mode_file: str) -> dict[str, str]:
+    """An app's environment: who it is, whom it calls, and (payments) its fault switch."""
+    env = {
+        "DEMO_SERVICE": name,
+        "DEMO_PORT": str(app_port),
+        "DEMO_CALLS": ",".join(service(name).calls),
+    }
+    if name == ENTRY:
+        env["DEMO_ROUTES"] = ",".join(f"{prefix}={target}" for prefix, target in ROUTES)
+    if name == FAULTY:
+        env |= {
+            "DEMO_MODE_FILE": mode_file,
+            "DEMO_SLOW_MS": str(SLOW_MS),
+            "DEMO_FAILING_SHARE": str(FAILING_SHARE),
+        }
+    return env

@@ -62,27 +62,29 @@ def test_docker_compose_accepts_the_file() -> None:
 
 
 def test_compose_mesh_is_the_local_demos_mesh(tmp_path: Path) -> None:
+    """Same processes, same calls, same routes, same switch, same sidecar policies."""
     services = resolved_compose()["services"]
+    launches = {launch.run.name: launch for launch in local.plan_local(tmp_path)}
     apps = {name for name in services if name not in INFRA and not name.endswith("-sidecar")}
-    assert apps == {s.name for s in SERVICES} | {LOAD_CLIENT}
-    compose_edges = {
-        (name, callee)
-        for name in apps - {LOAD_CLIENT}
-        for callee in services[name]["environment"]["DEMO_CALLS"].split(",")
-        if callee
-    } | {(LOAD_CLIENT, ENTRY)}
-    local_edges = {
-        (s.name, callee)
-        for s in SERVICES
-        for callee in local.app_env(s.name, 1, tmp_path / "mode")["DEMO_CALLS"].split(",")
-        if callee
-    } | {(LOAD_CLIENT, ENTRY)}
-    assert compose_edges == local_edges == edges()
-    # The entry routes the same way in both, and payments has its switch in both.
-    for key in ("DEMO_ROUTES",):
-        assert services[ENTRY]["environment"][key] == local.app_env(ENTRY, 1, tmp_path)[key]
-    assert services[FAULTY]["environment"]["DEMO_MODE"] == "ok"
+    assert apps == set(launches) == {s.name for s in SERVICES} | {LOAD_CLIENT}
+
+    def calls(env: dict[str, str]) -> set[str]:
+        return {c for c in env.get("DEMO_CALLS", "").split(",") if c}
+
+    compose_edges = {(n, c) for n in apps for c in calls(services[n].get("environment", {}))}
+    local_edges = {(n, c) for n, launch in launches.items() for c in calls(launch.env)}
+    load_edge = {(LOAD_CLIENT, ENTRY)}
+    assert compose_edges | load_edge == local_edges | load_edge == edges()
+    compose_env, local_env = services[ENTRY]["environment"], launches[ENTRY].env
+    assert compose_env["DEMO_ROUTES"] == local_env["DEMO_ROUTES"]
+    assert services[FAULTY]["environment"]["DEMO_MODE"] == "ok"  # PAYMENTS_MODE unset
     assert "DEMO_MODE_FILE" in services[FAULTY]["environment"]
+    assert "DEMO_MODE_FILE" in launches[FAULTY].env
+    for name, launch in launches.items():
+        in_compose = yaml.safe_load((COMPOSE_DIR / "sidecars" / f"{name}.yaml").read_text())
+        for key in ("service", "authorization", "passthrough", "access_log"):
+            assert in_compose.get(key) == launch.config.get(key), (name, key)
+        assert set(in_compose["tls"]) == set(launch.config["tls"])
 
 
 def test_each_sidecar_shares_its_apps_network_and_starts_after_what_it_needs() -> None:
@@ -106,7 +108,7 @@ def test_each_sidecar_shares_its_apps_network_and_starts_after_what_it_needs() -
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
-def test_sidecar_configs_are_valid_and_authorize_exactly_the_call_graph(tmp_path: Path) -> None:
+def test_sidecar_configs_are_valid_and_authorize_exactly_the_call_graph() -> None:
     allowed: set[tuple[str, str]] = set()
     for spec in SERVICES:
         path = COMPOSE_DIR / "sidecars" / f"{spec.name}.yaml"
@@ -114,9 +116,6 @@ def test_sidecar_configs_are_valid_and_authorize_exactly_the_call_graph(tmp_path
         assert config.tls is not None and config.consul.address == compose.CONSUL
         assert config.authorization.default == "deny"
         allowed |= {(caller, spec.name) for caller in config.authorization.allow}
-        # The local demo gives this sidecar the same policy.
-        in_compose = yaml.safe_load(path.read_text())["authorization"]
-        assert in_compose == local.sidecar_config(spec.name, str(tmp_path))["authorization"]
     assert allowed == edges()
     assert build(COMPOSE_DIR / "sidecars" / f"{LOAD_CLIENT}.yaml", {}, environ={}).tls
 
