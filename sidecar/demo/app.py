@@ -8,7 +8,7 @@ upstreams' answers, so the caller sees the whole call tree with each hop's statu
 Environment: DEMO_SERVICE (name), DEMO_PORT, DEMO_CALLS (comma-separated services),
 DEMO_ROUTES (`/prefix=service,...`: a request whose path starts with a prefix calls only
 that service; the entry routes this way), DEMO_MODE_FILE (holds `ok`, `slow` or `failing`,
-re-read when it changes: the demo's fault switch), DEMO_MODE (the mode when there is no
+read on every request: the demo's fault switch), DEMO_MODE (the mode when there is no
 file), DEMO_SLOW_MS, DEMO_FAILING_SHARE. GET /healthz answers without calling anyone.
 """
 
@@ -43,23 +43,18 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler())  # honours H
 
 
 class Mode:
-    """The fault mode, from DEMO_MODE_FILE when set (re-read only when its mtime changes)."""
+    """The fault mode, from DEMO_MODE_FILE when set: read on every request (a few bytes; an
+    mtime check could miss two writes within the file system's timestamp granularity)."""
 
     def __init__(self, path: str | None, default: str) -> None:
         self.path = Path(path) if path else None
         self.value = default
-        self._stamp = 0
 
     def current(self) -> str:
-        if self.path is None:
-            return self.value
-        try:
-            stamp = self.path.stat().st_mtime_ns
-            if stamp != self._stamp:
-                self._stamp = stamp
+        if self.path is not None:
+            # No file (yet): keep the last mode.
+            with contextlib.suppress(OSError):
                 self.value = self.path.read_text().strip() or "ok"
-        except OSError:
-            pass  # no file (yet): keep the last mode
         return self.value
 
 
