@@ -20,7 +20,7 @@ from sidecar.demo.topology import FAULTY, SERVICES
 from tests.sidecar.helpers import descendants, start_time, still_running, stop_leftovers
 from tests.support.processes import MeshProcess, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(90)
 
 
 class Demo:
@@ -38,7 +38,7 @@ class Demo:
             if (started := start_time(pid)) is not None:
                 self.seen.setdefault(pid, started)
 
-    def wait_for(self, text: str, timeout: float = 30) -> None:
+    def wait_for(self, text: str, timeout: float = 45) -> None:
         def there() -> bool:
             if self.process.proc.poll() is not None:
                 raise AssertionError(f"the demo exited early:\n{self.output()}")
