@@ -225,10 +225,10 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
 )
 @click.option(
     "--payments",
-    type=click.Choice(["ok", "slow", "failing"]),
+    type=click.Choice(["ok", "slow", "failing", "down"]),
     default="ok",
     show_default=True,
-    help="The payments switch once traffic starts (flip it while running: o/s/f + Enter).",
+    help="The payments switch once traffic starts (flip it while running: o/s/f/d + Enter).",
 )
 def demo(duration: float, rps: float, discovery: str, payments: str) -> None:
     """Run the local demo mesh: services with sidecars, traffic, and a summary."""

@@ -7,7 +7,7 @@ upstreams' answers, so the caller sees the whole call tree with each hop's statu
 
 Environment: DEMO_SERVICE (name), DEMO_PORT, DEMO_CALLS (comma-separated services),
 DEMO_ROUTES (`/prefix=service,...`: a request whose path starts with a prefix calls only
-that service; the entry routes this way), DEMO_MODE_FILE (holds `ok`, `slow` or `failing`,
+that service; the entry routes this way), DEMO_MODE_FILE (holds `ok`, `slow`, `failing` or `down`,
 read on every request: the demo's fault switch), DEMO_MODE (the mode when there is no
 file), DEMO_SLOW_MS, DEMO_FAILING_SHARE. GET /healthz answers without calling anyone.
 """
@@ -102,8 +102,8 @@ class Handler(BaseHTTPRequestHandler):
         mode = MODE.current()
         if mode == "slow":
             time.sleep(SLOW_S)
-        if mode == "failing" and random.random() < FAILING_SHARE:
-            self._send(503, {"service": SERVICE, "error": "payments switch: failing"})
+        if mode == "down" or (mode == "failing" and random.random() < FAILING_SHARE):
+            self._send(503, {"service": SERVICE, "error": f"payments switch: {mode}"})
             return
         forwarded = {h: v for h in PROPAGATED if (v := self.headers.get(h))}
         calls: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ sidecar under its own identity. Discovery is a static catalog of the sidecars' i
 listeners, or, with `--discovery consul` (or `auto` when scripts/install-consul.sh can
 provide an agent), a Consul dev agent the demo starts on free loopback ports.
 
-The payments switch (`--payments ok|slow|failing`, then the keys o/s/f + Enter, or writing
+The payments switch (`--payments ok|slow|failing|down`, then the keys o/s/f/d + Enter, or writing
 the mode into the file the demo names) makes payments slow or failing while it runs.
 Ctrl-C (or --duration) stops every process this demo started, by PID, and waits for them;
 the sidecars deregister before the agent stops.
@@ -46,7 +46,14 @@ from sidecar.demo.topology import (
     LOAD_PATHS,
     SERVICES,
 )
-from sidecar.demo.watch import ServiceLog, call_tree, table
+from sidecar.demo.watch import (
+    ServiceLog,
+    UpstreamState,
+    call_tree,
+    resilience_table,
+    table,
+    upstream_states,
+)
 from sidecar.signals import stop_on_signals
 
 log = logging.getLogger("sidecar.demo")
@@ -72,6 +79,9 @@ class Running:
 def say(text: str) -> None:
     print(text, flush=True)
 
+
+#: Timeouts of the demo's own admin requests.
+ADMIN = {"connect": 2.0, "pool": 2.0, "read": 2.0, "write": 2.0}
 
 #: Sidecar settings for the demo's Consul mode: quick health reports and a short drain.
 CONSUL_SETTINGS = {"check_interval": 0.5, "drain_grace": 1.0}
@@ -209,7 +219,7 @@ class Switch:
 
 
 async def keys(switch: Switch) -> None:
-    """o, s or f (then Enter) on a terminal flips the payments switch."""
+    """o, s, f or d (then Enter) on a terminal flips the payments switch."""
     if not sys.stdin.isatty():
         return
     by_key = {mode[0]: mode for mode in FAULT_MODES}
@@ -225,7 +235,29 @@ async def keys(switch: Switch) -> None:
                 say(f"  == {FAULTY} switch: {switch.mode}")
 
 
-async def live_view(logs: list[ServiceLog], stats: Stats, switch: Switch) -> None:
+async def upstream_view(
+    services: list[Running], pool: httpcore.AsyncConnectionPool
+) -> dict[str, list[UpstreamState]]:
+    """Per sidecar, what its resilience did for each upstream (its admin /clusters)."""
+    view: dict[str, list[UpstreamState]] = {}
+    for run in services:
+        try:
+            resp = await pool.request(
+                "GET", f"http://127.0.0.1:{run.admin}/clusters", extensions={"timeout": ADMIN}
+            )
+            view[run.name] = upstream_states(run.name, json.loads(resp.content))
+        except (httpcore.NetworkError, httpcore.TimeoutException, ValueError):
+            continue  # stopping, or busy: the next second asks again
+    return view
+
+
+async def live_view(
+    logs: list[ServiceLog],
+    stats: Stats,
+    switch: Switch,
+    services: list[Running],
+    pool: httpcore.AsyncConnectionPool,
+) -> None:
     """Every second the load's line; on a terminal the per-service table redrawn in place,
     otherwise that table every five seconds."""
     last_sent = 0
@@ -243,7 +275,8 @@ async def live_view(logs: list[ServiceLog], stats: Stats, switch: Switch) -> Non
                 f"errors {errors:>4}  p99 {stats.p99_ms():7.1f} ms  "
                 f"{FAULTY}: {switch.mode}")  # fmt: skip
         stats.latencies = stats.latencies[-5000:]
-        rows = table(logs, live=True)
+        if tty or tick % 5 == 0:
+            rows = table(logs, live=True, states=await upstream_view(services, pool))
         if tty:
             if tick > 1:
                 print(f"\x1b[{len(rows) + 1}F", end="")  # back to the block's first line
@@ -255,8 +288,9 @@ async def live_view(logs: list[ServiceLog], stats: Stats, switch: Switch) -> Non
 
 
 def draw_tree(stats: Stats) -> list[str]:
-    """The last answer on the deepest path (orders: products, payments, notifications)."""
-    path = max(stats.answers, key=lambda p: _depth(stats.answers[p]), default=None)
+    """The last answer to the path that crosses most of the mesh (orders), else any."""
+    path = next((p for p in LOAD_PATHS if p.startswith("/orders") and p in stats.answers), None)
+    path = path or next(iter(stats.answers), None)
     if path is None:
         return []
     answer = stats.answers[path]
@@ -265,16 +299,22 @@ def draw_tree(stats: Stats) -> list[str]:
             *call_tree(ENTRY, status, answer)]  # fmt: skip
 
 
-def _depth(answer: dict[str, Any]) -> int:
-    return 1 + max((_depth(c) for c in answer.get("calls") or []), default=0)
-
-
-def summary(logs: list[ServiceLog], stats: Stats) -> None:
+async def summary(
+    logs: list[ServiceLog],
+    stats: Stats,
+    services: list[Running],
+    pool: httpcore.AsyncConnectionPool,
+) -> None:
     say("\n== summary")
     say(f"  requests sent {stats.sent}, ok {stats.ok}, errors {dict(stats.errors) or 'none'}")
     for service_log in logs:
         service_log.read()
     say("\n".join(table(logs, live=False)))
+    view = await upstream_view(services, pool)
+    say("\n== resilience (each caller's sidecar, from its /clusters)")
+    say(
+        "\n".join(resilience_table([state for run in services for state in view.get(run.name, [])]))
+    )
     for line in draw_tree(stats):
         say(line)
 
@@ -382,17 +422,17 @@ async def run_demo(
                         switch.set(payments)
                         say(f"== sending {rps:g} req/s to {ENTRY} as {LOAD_CLIENT}; "
                             f"{FAULTY}: {payments}; Ctrl-C to stop")  # fmt: skip
-                        say(f"   {FAULTY} switch: type o, s or f + Enter (ok, slow, failing), or "
-                            f"`echo failing > {switch.path}`\n")  # fmt: skip
+                        say(f"   {FAULTY} switch: o, s, f or d + Enter (ok, slow, failing, "
+                            f"down), or `echo failing > {switch.path}`\n")  # fmt: skip
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(loadgen.send_load, proxy, rps, stats)
-                            tg.start_soon(live_view, logs, stats, switch)
+                            tg.start_soon(live_view, logs, stats, switch, mesh.services, pool)
                             tg.start_soon(keys, switch)
                             with anyio.move_on_after(duration if duration > 0 else None):
                                 await stop.wait()
                             tg.cancel_scope.cancel()
                 if stats.sent:
-                    summary(logs, stats)
+                    await summary(logs, stats, mesh.services, pool)
             except (RuntimeError, TimeoutError) as exc:
                 say(f"error: the demo could not start: {exc or 'timed out'}")
                 failed = True

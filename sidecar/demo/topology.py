@@ -55,8 +55,10 @@ LOAD_PATHS: tuple[str, ...] = ("/users/42", "/products/7", "/orders/checkout")
 
 #: The service whose fault switch the demo exposes, and what each setting means.
 FAULTY = "payments"
-FAULT_MODES: tuple[str, ...] = ("ok", "slow", "failing")
-#: `slow`: each request waits this long; `failing`: this share of requests gets a 503.
+FAULT_MODES: tuple[str, ...] = ("ok", "slow", "failing", "down")
+#: `slow`: each request waits this long; `failing`: this share of requests gets a 503 (the
+#: callers' retries absorb most of it); `down`: every request gets a 503 (breakers open, the
+#: endpoint is ejected, callers fail fast).
 SLOW_MS = 400
 FAILING_SHARE = 0.5
 

@@ -75,12 +75,21 @@ class ServiceLog:
         return durations[min(len(durations) - 1, int(len(durations) * 0.99))]
 
 
-def table(logs: list[ServiceLog], live: bool) -> list[str]:
-    """Per service: live (the last few seconds) or totals (the whole run)."""
+def table(
+    logs: list[ServiceLog], live: bool, states: dict[str, list[UpstreamState]] | None = None
+) -> list[str]:
+    """Per service: live (the last few seconds) or totals (the whole run). Retries are those
+    the service's sidecar made to its upstreams; breakers, its upstreams not closed."""
+    states = states or {}
     if live:
-        lines = [f"  {'service':<14}{'req/s':>7}{'errors':>8}{'p99 ms':>9}"]
+        lines = [f"  {'service':<14}{'req/s':>7}{'errors':>8}{'p99 ms':>9}{'retries':>9}  breakers"]
         for s in logs:
-            lines.append(f"  {s.name:<14}{s.rate():>7.1f}{s.recent_errors():>8}{s.p99_ms():>9.1f}")
+            mine = states.get(s.name, [])
+            retries = sum(u.retries for u in mine)
+            lines.append(
+                f"  {s.name:<14}{s.rate():>7.1f}{s.recent_errors():>8}{s.p99_ms():>9.1f}"
+                f"{retries:>9}  {breakers_text(mine)}"
+            )
         return lines
     lines = [f"  {'service':<14}{'requests':>9}{'errors':>8}  reasons"]
     for s in logs:
@@ -107,4 +116,56 @@ def call_tree(root: str, status: int, answer: dict[str, Any]) -> list[str]:
             walk(node.get("calls") or [], indent + ("   " if last else "│  "))
 
     walk(answer.get("calls") or [], "")
+    return lines
+
+
+@dataclass(frozen=True)
+class UpstreamState:
+    """What one sidecar's resilience did for one upstream (from its admin /clusters)."""
+
+    caller: str
+    upstream: str
+    retries: int
+    refused: int
+    ejections: int
+    #: Endpoints whose breaker is not closed: "open" or "half-open" (ejected, or probing).
+    breakers: tuple[str, ...]
+
+
+def upstream_states(caller: str, clusters: dict[str, Any]) -> list[UpstreamState]:
+    states = []
+    for name, cluster in clusters.items():
+        resilience = cluster.get("resilience") if isinstance(cluster, dict) else None
+        if not isinstance(resilience, dict) or "retry" not in resilience:
+            continue  # the local app's cluster, or a sidecar without resilience
+        retry = resilience["retry"]
+        endpoints = resilience.get("outlier", {}).get("endpoints", {})
+        states.append(
+            UpstreamState(
+                caller,
+                name,
+                int(retry.get("retries_total", 0)),
+                int(retry.get("budget", {}).get("refused_total", 0)),
+                sum(int(e.get("ejections_total", 0)) for e in endpoints.values()),
+                tuple(e["state"] for e in endpoints.values() if e.get("state") != "closed"),
+            )
+        )
+    return states
+
+
+def breakers_text(states: list[UpstreamState]) -> str:
+    """A caller's upstreams whose breakers are not all closed, e.g. `payments:open`."""
+    return " ".join(f"{s.upstream}:{'/'.join(s.breakers)}" for s in states if s.breakers) or "-"
+
+
+def resilience_table(states: list[UpstreamState]) -> list[str]:
+    """Every caller -> upstream pair where a retry, refusal or ejection happened."""
+    busy = [s for s in states if s.retries or s.refused or s.ejections or s.breakers]
+    if not busy:
+        return ["  no retries, no ejections"]
+    lines = [f"  {'caller -> upstream':<26}{'retries':>8}{'refused':>8}{'ejections':>10}  breaker"]
+    for s in busy:
+        pair = f"{s.caller} -> {s.upstream}"
+        state = "/".join(s.breakers) or "closed"
+        lines.append(f"  {pair:<26}{s.retries:>8}{s.refused:>8}{s.ejections:>10}  {state}")
     return lines

@@ -100,7 +100,7 @@ def test_a_route_calls_only_its_service(app: tuple[App, RecordingUpstream]) -> N
     assert [r.target for r in upstream.requests] == ["http://users/users/42"]
 
 
-def test_the_switch_makes_it_fail_then_slow_then_well_again(
+def test_the_switch_makes_it_fail_then_down_then_slow_then_well_again(
     app: tuple[App, RecordingUpstream],
 ) -> None:
     demo, upstream = app
@@ -108,6 +108,9 @@ def test_the_switch_makes_it_fail_then_slow_then_well_again(
     status, body = demo.get("/")
     assert status == 503 and "failing" in body["error"]
     assert upstream.requests == []  # it failed before calling anyone
+
+    demo.mode_file.write_text("down\n")
+    assert [demo.get("/")[0] for _ in range(3)] == [503, 503, 503]
 
     demo.mode_file.write_text("slow\n")
     started = time.monotonic()

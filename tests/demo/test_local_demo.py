@@ -3,7 +3,8 @@
 The demo is started as a real process (every service a `mesh attach` with its app, the load
 generator behind its own sidecar). Through the load generator's proxy port a test calls the
 mesh as the `loadgen` identity would; flipping payments to failing shows up in the live view
-and in the summary; and after the run, or SIGINT, no process of the demo is left.
+and in the summary (retries when it fails half the time, an ejection when it is down); and
+after the run, or SIGINT, no process of the demo is left.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def service_row(text: str, name: str) -> tuple[int, int, str]:
     return int(row[1]), int(row[2]), row[3]
 
 
+def resilience_row(text: str, caller: str, upstream: str) -> tuple[int, int, int, str]:
+    """The summary's resilience row: retries, refused, ejections, breaker state."""
+    row = re.search(
+        rf"^  {caller} -> {upstream}\s+(\d+)\s+(\d+)\s+(\d+)  (\S+)$", text, re.MULTILINE
+    )
+    assert row is not None, text
+    return int(row[1]), int(row[2]), int(row[3]), row[4]
+
+
 def get_via(proxy_port: int, url: str) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
     try:
@@ -78,16 +88,13 @@ def get_via(proxy_port: int, url: str) -> tuple[int, str]:
         conn.close()
 
 
-def test_payments_failing_shows_in_the_summary_and_the_call_tree(
+def test_payments_failing_shows_retries_errors_and_the_call_tree(
     tmp_path: Path, procs: list[MeshProcess]
 ) -> None:
     demo = Demo(tmp_path, procs, "--duration", "4", "--payments", "failing")
     demo.wait_for("== sending")
     text = demo.finish()
     assert f"{FAULTY}: failing" in text
-    summary = re.search(r"requests sent (\d+), ok (\d+), errors (.+)", text)
-    assert summary is not None, text
-    assert "'502 app'" in summary[3], text  # the load saw the failure, end to end
     requests, errors, reasons = service_row(text, FAULTY)
     assert requests > 0 and errors > 0 and "503 app" in reasons, text
     # The failure stays on the order path: the other services answered every request.
@@ -95,6 +102,9 @@ def test_payments_failing_shows_in_the_summary_and_the_call_tree(
         assert service_row(text, name)[1] == 0, text
     for spec in SERVICES:
         assert service_row(text, spec.name)[0] > 0, text
+    # The callers' sidecars retried the 503s (half the retries succeed).
+    retries, _, _, _ = resilience_row(text, "orders", FAULTY)
+    assert retries > 0, text
     tree = text[text.index("== one request: GET /orders") :]
     assert re.search(r"└─ orders \d{3}", tree) and re.search(r"─ payments \d{3}", tree), tree
 
@@ -121,16 +131,19 @@ def test_mtls_authorization_and_the_runtime_switch_then_sigint(
             answer = b""
     assert not answer.startswith(b"HTTP/"), answer
 
-    mode_file.write_text("failing\n")
-    load_line = re.compile(r"load:.*errors\s+(\d+).*payments: failing")
-    demo.wait_for("payments: failing", timeout=10)
+    mode_file.write_text("down\n")
+    load_line = re.compile(r"load:.*errors\s+(\d+).*payments: down")
+    demo.wait_for("payments: down", timeout=10)
     wait_until(
         lambda: any(int(m[1]) > 0 for m in load_line.finditer(demo.output())),
         15,
-        "errors in the live view once payments fails",
+        "errors in the live view once payments is down",
         step=0.2,
     )
     demo.record()
     demo.process.signal(signal.SIGINT)
     text = demo.finish()
     assert service_row(text, FAULTY)[1] > 0, text
+    # Five failures in a row opened orders' breaker on payments: it was ejected.
+    _, _, ejections, _ = resilience_row(text, "orders", FAULTY)
+    assert ejections > 0, text
