@@ -267,11 +267,18 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
     help="Static catalog, or a Consul dev agent the demo starts (auto: Consul when "
     "scripts/install-consul.sh can provide one, else static).",
 )
-def demo(duration: float, rps: float, discovery: str) -> None:
+@click.option(
+    "--payments",
+    type=click.Choice(["ok", "slow", "failing", "down"]),
+    default="ok",
+    show_default=True,
+    help="The payments switch once traffic starts (flip it while running: o/s/f/d + Enter).",
+)
+def demo(duration: float, rps: float, discovery: str, payments: str) -> None:
     """Run the local demo mesh: services with sidecars, traffic, and a summary."""
     from sidecar.demo.local import run_demo
 
-    sys.exit(run_async(run_demo, duration, rps, discovery))
+    sys.exit(run_async(run_demo, duration, rps, discovery, payments))
 
 
 @main.group()
