@@ -9,10 +9,11 @@ and from the sidecar's `GET /clusters` (`resilience` per upstream).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,9 @@ def call(
         return Answer(response.status, response.headers, response.body, elapsed)
 
 
-def together(calls: Sequence[Callable[[], Answer]], timeout: float = 20.0) -> list[Answer]:
-    """Run `calls` at the same moment, one thread each; answers in the order given."""
+@contextlib.contextmanager
+def launched(calls: Sequence[Callable[[], Answer]], timeout: float = 20.0) -> Iterator[Launch]:
+    """Start `calls` at the same moment, one thread each, and let the test watch them."""
     start = threading.Barrier(len(calls))
 
     def run(fn: Callable[[], Answer]) -> Answer:
@@ -128,8 +130,31 @@ def together(calls: Sequence[Callable[[], Answer]], timeout: float = 20.0) -> li
         return fn()
 
     with ThreadPoolExecutor(len(calls)) as pool:
-        futures = [pool.submit(run, fn) for fn in calls]
-        return [f.result(timeout) for f in futures]
+        yield Launch([pool.submit(run, fn) for fn in calls], timeout)
+
+
+@dataclass
+class Launch:
+    futures: list[Future[Answer]]
+    timeout: float
+
+    def done(self) -> list[Answer]:
+        """The answers that have arrived so far."""
+        return [f.result() for f in self.futures if f.done()]
+
+    def wait_done(self, count: int, timeout: float = 5.0) -> list[Answer]:
+        wait_until(lambda: len(self.done()) >= count, timeout, f"{count} answers")
+        return self.done()
+
+    def answers(self) -> list[Answer]:
+        """All answers, in the order the calls were given."""
+        return [f.result(self.timeout) for f in self.futures]
+
+
+def together(calls: Sequence[Callable[[], Answer]], timeout: float = 20.0) -> list[Answer]:
+    """Run `calls` at the same moment, one thread each; answers in the order given."""
+    with launched(calls, timeout) as launch:
+        return launch.answers()
 
 
 def assert_refusal(answer: Answer, status: int, reason: str) -> None:
