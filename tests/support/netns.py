@@ -9,7 +9,8 @@ The namespace gets a unique name (it includes this process's PID), a free 10.99.
 the host side at .1 and the namespace side (`address`) at .2, and its own `lo` up. The
 iptables rules live in the namespace's own tables, so they never touch the host's. On exit,
 normal or not, the namespace is deleted (its rules and its end of the pair go with it) and
-the host end of the pair is removed if it lingers.
+the host end of the pair is removed if it lingers; what a killed test process could not
+remove is swept by the next one.
 
 Needs root and the `ip` (iproute2) and `iptables` tools; `require_netns()` skips the
 calling test, naming what is missing, when they are not there.
@@ -22,6 +23,7 @@ import fcntl
 import ipaddress
 import itertools
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -37,6 +39,9 @@ CANDIDATES = [ipaddress.IPv4Network(f"10.99.{n}.0/30") for n in range(1, 256)]
 #: Serialises choosing a subnet among test processes that run at the same time.
 LOCK_FILE = Path("/tmp/mesh-tests-netns.lock")
 _serial = itertools.count(1)
+#: Names this module gives: namespace `mesh-TAG-PID-SERIAL`, host link `mhPIDxSERIAL`.
+STALE_NAMESPACE = re.compile(r"^mesh-.+-(?P<pid>\d+)-(?P<serial>\d+)$")
+STALE_LINK = re.compile(r"^\d+: (?P<link>mh(?P<pid>\d+)x\d+)[@:]")
 
 
 def missing_requirements() -> str:
@@ -120,12 +125,36 @@ class NetNamespace:
 
 
 def _remove(name: str, host_link: str) -> None:
-    with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-        _run(["ip", "netns", "del", name])
-    links = _run(["ip", "-o", "link", "show"])
-    if f" {host_link}@" in links or f" {host_link}:" in links:
+    """Delete the namespace (its rules and its end of the pair go with it), then the host
+    end if it lingers; each step is allowed to find nothing left to delete."""
+    for args in (["ip", "netns", "del", name], ["ip", "link", "del", host_link]):
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            _run(["ip", "link", "del", host_link])
+            _run(args)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale() -> None:
+    """Remove what test processes killed before their clean-up left behind: namespaces and
+    host links whose names carry a PID that no longer runs."""
+    for line in _run(["ip", "netns", "list"]).splitlines():
+        name = line.split(" ", 1)[0]
+        found = STALE_NAMESPACE.match(name)
+        if found and not _alive(int(found["pid"])):
+            _remove(name, f"mh{found['pid']}x{found['serial']}"[:15])
+    for line in _run(["ip", "-o", "link", "show"]).splitlines():
+        found = STALE_LINK.match(line)
+        if found and not _alive(int(found["pid"])):
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                _run(["ip", "link", "del", found["link"]])
 
 
 @contextlib.contextmanager
@@ -140,6 +169,7 @@ def network_namespace(tag: str = "ns") -> Iterator[NetNamespace]:
     LOCK_FILE.touch(exist_ok=True)
     with open(LOCK_FILE) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _sweep_stale()
         used = _subnets_in_use()
         subnet = next((s for s in CANDIDATES if not any(s.overlaps(u) for u in used)), None)
         if subnet is None:
