@@ -11,6 +11,7 @@ another endpoint for any method, and each POST reaches the healthy app exactly o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +25,8 @@ from tests.resilience_live.conftest import (
 from tests.support.netns import network_namespace
 from tests.support.processes import Sidecars, free_port
 from tests.support.upstream import RecordingUpstream
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 0.25
 MAX_RETRIES = 1
@@ -95,6 +98,7 @@ def test_refused_endpoint_alone_fails_fast(
     before = outbound.resilience(service)["retry"]["retries_total"]
     body = b"order=1" if method == "POST" else None
     answer = call(outbound.ports[service], f"/{service}", method, body)
+    log.info("%s %s alone: %.3fs", service, method, answer.elapsed)
     assert_refusal(answer, 503, "upstream-connect-failed")
     assert answer.elapsed < 0.3, answer.elapsed
     # Refused connects are retried for any method (they never reached the app).
@@ -108,6 +112,7 @@ def test_blackholed_endpoint_alone_fails_at_the_connect_timeout(
     outbound = outbound_for(request, "blackholed")
     body = b"order=1" if method == "POST" else None
     answer = call(outbound.ports["blackholed"], "/blackholed", method, body)
+    log.info("blackholed %s alone: %.3fs", method, answer.elapsed)
     assert_refusal(answer, 503, "upstream-connect-failed")
     assert b"timed out" in answer.body
     expected = CONNECT_TIMEOUT * ATTEMPTS
@@ -124,6 +129,7 @@ def test_unreachable_endpoint_beside_a_healthy_one_loses_no_request(
     for i in range(10):
         answers.append(call(outbound.ports[service], f"/get/{i}"))
         answers.append(call(outbound.ports[service], f"/post/{i}", "POST", f"id={i}".encode()))
+    log.info("%s: slowest of 20 %.3fs", service, max(a.elapsed for a in answers))
     assert [a.status for a in answers] == [200] * 20, [a.body for a in answers if a.status != 200]
     # A request never waits more than one connect timeout for the unreachable endpoint.
     assert max(a.elapsed for a in answers) < CONNECT_TIMEOUT + 0.2
