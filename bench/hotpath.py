@@ -62,7 +62,7 @@ class MemoryTransport:
 class MemoryPool(EndpointPool):
     """A pool whose connections answer every request with RESPONSE on the next loop turn."""
 
-    async def connect(self) -> UpstreamConnection:
+    async def connect(self, deadline: float | None = None) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self)
         conn.connection_made(

@@ -161,15 +161,6 @@ def test_queued_requests_are_served_as_slots_free(outbound: Outbound, apps: Apps
     assert outbound.resilience("long-queue")["bulkhead"]["peak_in_use"] == K
 
 
-STREAMING_BUG = (
-    "a bulkhead slot is given back when the response head arrives (mesh/layers/bulkhead.py: "
-    "'A slot is held until the response head has arrived'), so an app that streams its "
-    "response bodies works on more than max_requests exchanges at once (Envoy counts a "
-    "request until its stream ends); measured: app concurrency 6 with K = 4 and 12 "
-    "concurrent streaming requests, and here the request beyond K reaches the app"
-)
-
-
 class Streaming:
     """Answers at once with a head and a first chunk, then holds the rest of the body until
     released; `inside` counts the exchanges the app is still working on (head to last byte)."""
@@ -197,7 +188,6 @@ class Streaming:
                 self.inside -= 1
 
 
-@pytest.mark.xfail(strict=True, reason=STREAMING_BUG)
 def test_limit_holds_while_responses_stream(outbound: Outbound, apps: Apps) -> None:
     app = Streaming()
     apps.limited.reset(app)

@@ -91,13 +91,6 @@ def test_slow_post_times_out_once(outbound: Outbound, slow: RecordingUpstream) -
 CONNECT_TIMEOUT = 1.0
 TRY_CONNECT_TIMEOUT = 0.6
 SHORT_DEADLINE = 0.4
-CONNECT_BUG = (
-    "a connect waits its full connect timeout whatever the request's deadline: "
-    "EndpointPool._open (mesh/http1/pool.py) arms only `connect_timeout`, and Connect "
-    "(mesh/layers/connect.py) gives the connect no `request.deadline`; measured: 503 "
-    "upstream-connect-failed after 1.0 s for a 0.4 s deadline, and 1.8 s (3 x 0.6 s) with "
-    "per_try_timeout 0.3 s and 2 retries"
-)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +124,6 @@ def blackholed(sidecars: Sidecars) -> Iterator[Outbound]:
         outbound.sidecar.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=CONNECT_BUG)
 def test_hanging_connect_ends_at_the_deadline(blackholed: Outbound) -> None:
     answer = call(blackholed.ports["short-deadline"], "/hangs")
     log.info("hanging connect, %.1fs deadline: %.3fs", SHORT_DEADLINE, answer.elapsed)
@@ -139,7 +131,6 @@ def test_hanging_connect_ends_at_the_deadline(blackholed: Outbound) -> None:
     assert_refusal(answer, 504, "upstream-timeout")
 
 
-@pytest.mark.xfail(strict=True, reason=CONNECT_BUG)
 def test_hanging_connect_counts_against_the_per_try_timeout(blackholed: Outbound) -> None:
     answer = call(blackholed.ports["short-tries"], "/hangs")
     log.info("hanging connect, %.1fs per try: %.3fs", PER_TRY, answer.elapsed)

@@ -111,13 +111,6 @@ LENGTH_AND_CHUNKED = (
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
 )
 
-RETRY_ELSEWHERE_BUG = (
-    "with outlier detection off, UpstreamStack uses the plain Balance layer "
-    "(sidecar/upstream_stack.py _build), which ignores `request.endpoint`, so a retry may go "
-    "to the endpoint that just failed; with p2c over two endpoints about a quarter of GETs "
-    "end 502 upstream-reset beside a healthy endpoint (measured: 14 of 40)"
-)
-
 
 @pytest.fixture(scope="module")
 def p2c_outbound(
@@ -145,9 +138,7 @@ def p2c_outbound(
     "service",
     [
         "breakers",
-        pytest.param(
-            "no-breakers", marks=pytest.mark.xfail(strict=True, reason=RETRY_ELSEWHERE_BUG)
-        ),
+        pytest.param("no-breakers"),
     ],
 )
 def test_retry_goes_to_another_endpoint_with_p2c(
