@@ -361,6 +361,14 @@ class ServerConnection:
         self._size += len(name) + len(value) + 4
         if self._size + len(self._url) > self.limits.max_header_bytes:
             raise _Stop(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+        if value and (value[-1] == 32 or value[-1] == 9):
+            # llhttp strips the whitespace before a value but not after it; it is not part
+            # of the value (RFC 9112 §5), so it is neither checked nor forwarded.
+            value = value.rstrip(b" \t")
+        if self._phase == BODY:
+            # A chunked body's trailer section: counted against the limits above, never
+            # forwarded (the head is already built; a trailer must not become a header).
+            return
         name, kind = _NAMES.lookup(name)
         if kind == END_TO_END:
             self._headers.append((name, value))

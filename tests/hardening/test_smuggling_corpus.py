@@ -90,6 +90,8 @@ def canonical_problem(request: RecordedRequest) -> str:
         return f"transfer-encoding {request.header_all('transfer-encoding')}"
     if request.header_all("host") != ["app"]:
         return f"host {request.header_all('host')}"
+    if "x-trailer" in names:
+        return "a chunked trailer field was forwarded as a header"
     if request.http_version != "1.1":
         return f"version {request.http_version}"
     return ""
