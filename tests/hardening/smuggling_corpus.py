@@ -284,6 +284,15 @@ def line_cases() -> Iterator[Case]:
         "line", "http-1.01", request([], b"", line=b"POST /smug/" + MARK + b" HTTP/1.01"), True
     )
     yield Case("line", "http-09", b"GET /smug/" + MARK + b"\r\n\r\n", True)
+    # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing.
+    http10 = b"POST /smug/" + MARK + b" HTTP/1.0"
+    yield Case("line", "http-1.0-te", request([TE + b": chunked"], chunked_body, line=http10), True)
+    yield Case(
+        "line",
+        "http-1.0-te-cl",
+        request([TE + b": chunked", CL + b": 5"], b"hello", line=http10),
+        True,
+    )
     yield Case(
         "line", "method-paren", request([], b"", line=b"GE(T /smug/" + MARK + b" HTTP/1.1"), True
     )
