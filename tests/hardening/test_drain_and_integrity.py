@@ -11,6 +11,9 @@ RELIABILITY rows 40, 42, 43 and 45, the parts not covered there:
   and LF) arrive intact as body bytes and never as a second request.
 - A chunked upstream answer to HEAD and a 204 that claims a Content-Length reach the client
   without a body, and the connection stays usable.
+- Trailer fields of a chunked response never reach the client as response headers.
+- A client that half-closes after its requests gets every answer, then the connection is
+  closed at once (not left open until the idle timeout).
 - A malformed `traceparent` and a 10 KB `tracestate` do not fail the request.
 """
 
@@ -44,6 +47,26 @@ def app_handler(request: RecordedRequest) -> Reply:
 def app() -> Iterator[RecordingUpstream]:
     with RecordingUpstream(app_handler) as upstream:
         yield upstream
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RecordingUpstream, int]]:
+    """One sidecar for the tests that do not stop it; each test sets the app's handler."""
+    with RecordingUpstream(app_handler) as upstream:
+        started: list[MeshProcess] = []
+        try:
+            _, port = inbound(tmp_path_factory.mktemp("shared"), started, upstream)
+            yield upstream, port
+        finally:
+            for proc in started:
+                proc.stop()
+
+
+@pytest.fixture
+def served(shared: tuple[RecordingUpstream, int]) -> Iterator[tuple[RecordingUpstream, int]]:
+    upstream, _ = shared
+    upstream.reset(app_handler)
+    yield shared
 
 
 def inbound(
@@ -119,9 +142,9 @@ SMUGGLING_SHAPED = [
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_smuggling_shaped_bodies_arrive_as_bodies(
-    tmp_path: Path, procs: list[MeshProcess], app: RecordingUpstream, framing: str
+    served: tuple[RecordingUpstream, int], framing: str
 ) -> None:
-    _, port = inbound(tmp_path, procs, app)
+    app, port = served
     with HttpConnection(port, timeout=10) as conn:
         for body in SMUGGLING_SHAPED:
             conn.request("POST", "/body", body=body, chunked_body=framing == "chunked")
@@ -132,9 +155,7 @@ def test_smuggling_shaped_bodies_arrive_as_bodies(
     assert app.errors == []
 
 
-def test_bodyless_answers_stay_bodyless(
-    tmp_path: Path, procs: list[MeshProcess], app: RecordingUpstream
-) -> None:
+def test_bodyless_answers_stay_bodyless(served: tuple[RecordingUpstream, int]) -> None:
     def handler(request: RecordedRequest) -> Reply:
         if request.method == "HEAD":  # says chunked, sends nothing (as HEAD requires)
             return Reply(headers=[("Transfer-Encoding", "chunked")], framing="none")
@@ -142,8 +163,8 @@ def test_bodyless_answers_stay_bodyless(
             return Reply(status=204, headers=[("Content-Length", "5")], framing="none")
         return echo_sha256(request)
 
+    app, port = served
     app.handler = handler
-    _, port = inbound(tmp_path, procs, app)
     with HttpConnection(port, timeout=10) as conn:
         conn.request("HEAD", "/chunked")
         conn.request("GET", "/no-content")
@@ -155,6 +176,41 @@ def test_bodyless_answers_stay_bodyless(
     assert (empty.status, empty.body_size) == (204, 0)
     assert empty.get("content-length") is None
     assert (after.status, after.get("x-echo-target")) == (200, "/after")
+
+
+def test_response_trailers_are_not_forwarded_as_headers(
+    served: tuple[RecordingUpstream, int],
+) -> None:
+    app, port = served
+    app.handler = lambda _: Reply(
+        raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer: t\r\nSet-Cookie: s=1\r\n\r\n"
+    )
+    with HttpConnection(port, timeout=10) as conn:
+        for _ in range(2):  # one read or two, the trailer stays out of the head
+            conn.request("GET", "/trailers")
+            response = conn.read_response()
+            assert (response.status, response.body) == (200, b"hello")
+            assert response.get("x-trailer") is None
+            assert response.get("set-cookie") is None
+
+
+def test_half_closed_client_gets_its_answers_then_the_connection_closes(
+    served: tuple[RecordingUpstream, int],
+) -> None:
+    app, port = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\nGET /next HTTP/1.1\r\nHost: app\r\n\r\n"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        received = b""
+        while chunk := sock.recv(65536):  # ends when the sidecar closes (idle timeout: 60 s)
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 ") == 2, received[:500]
+    assert time.monotonic() - started < 5
+    assert [r.target for r in app.requests] == ["/slow", "/next"]
 
 
 @pytest.mark.parametrize(
@@ -176,9 +232,9 @@ def test_bodyless_answers_stay_bodyless(
     ids=["garbage", "bad-version", "10kb-tracestate", "two-parents"],
 )
 def test_bad_trace_context_does_not_fail_the_request(
-    tmp_path: Path, procs: list[MeshProcess], app: RecordingUpstream, headers: list[tuple[str, str]]
+    served: tuple[RecordingUpstream, int], headers: list[tuple[str, str]]
 ) -> None:
-    _, port = inbound(tmp_path, procs, app)
+    app, port = served
     started = time.monotonic()
     with HttpConnection(port, timeout=10) as conn:
         for _ in range(3):

@@ -4,6 +4,9 @@
   with a 2 s header timeout: every connection is closed by the sidecar at the header
   timeout, slowhttptest's own probe never finds the service down, and a normal client
   running alongside gets every answer.
+- slowhttptest's slow body (200 connections trickling a 100 kB body) and slow read (50
+  connections reading a 6 MiB answer through a 1 KiB window): each is cut off at the body
+  timeout or the write timeout, while the normal client keeps getting fast answers.
 - 5,000 idle connections: the sidecar's memory grows by at most `RSS_BUDGET` per
   connection, a client is still served while they are open, one more than
   `max_connections` is closed at once, the idle timeout reaps them all, and a new client is
@@ -28,7 +31,7 @@ import pytest
 
 from tests.support.processes import MeshProcess, Sidecars, free_port, wait_until, write_yaml
 from tests.support.rawclient import HttpConnection
-from tests.support.upstream import RecordingUpstream
+from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -155,8 +158,73 @@ def test_slowloris_500_connections_closed_at_the_header_timeout(
         assert steady.statuses and set(steady.statuses) == {200}, steady.statuses
         assert steady.slowest < 1.0, steady.slowest
         assert sidecar.proc.poll() is None
-        listeners = sidecar.admin("/listeners")["inbound"]
-        assert listeners["open"] == 0, listeners
+        try:
+            wait_until(lambda: sidecar.admin("/listeners")["inbound"]["open"] == 0, 10, "none left")
+        except AssertionError:
+            sockets = subprocess.run(["ss", "-tanpo"], capture_output=True, text=True).stdout
+            raise AssertionError(
+                [
+                    line
+                    for line in sockets.splitlines()
+                    if f":{port} " in line and not line.startswith("TIME-WAIT")
+                ]
+            ) from None
+
+
+def slowhttptest(port: int, report: Path, *mode: str) -> subprocess.Popen[bytes]:
+    url = f"http://127.0.0.1:{port}/big"
+    args = ["slowhttptest", *mode, "-p", "3", "-l", "12", "-g", "-o", str(report), "-u", url]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+#: Larger than what the kernel buffers for a slow reader, so the sidecar's writes stall.
+BIG = b"b" * (6 * 1024 * 1024)
+
+
+def big_answer(request: RecordedRequest) -> Reply:
+    return Reply(body=BIG if request.target == "/big" else b"ok\n")
+
+
+@pytest.mark.skipif(shutil.which("slowhttptest") is None, reason="scripts/install-tools")
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ("-B", "-c", "200", "-r", "200", "-i", "10", "-s", "100000", "-x", "10"),
+        ("-X", "-c", "50", "-r", "100", "-w", "512", "-y", "1024", "-n", "5", "-z", "32"),
+    ],
+    ids=["slow-body", "slow-read"],
+)
+def test_slow_body_and_slow_read_are_cut_off(
+    sidecars: Sidecars, tmp_path: Path, mode: tuple[str, ...]
+) -> None:
+    with RecordingUpstream(big_answer) as upstream:
+        name = "slow" + mode[0]
+        port = start(sidecars, upstream, name, body_timeout=2.0, write_timeout=2.0)
+        (sidecar,) = [p for p in sidecars.started if p.name == name]
+
+        def inbound() -> dict[str, int]:
+            stats: dict[str, int] = sidecar.admin("/listeners").get("inbound", {})
+            return {"accepted": 0, "open": count, **stats}
+
+        count = int(mode[mode.index("-c") + 1])
+        with SteadyClient(port) as steady:
+            proc = slowhttptest(port, tmp_path / "report", *mode)
+            try:
+                # Every slow connection reaches the sidecar, and the sidecar cuts each off at
+                # the body or write timeout (slowhttptest itself may notice only later).
+                wait_until(lambda: inbound()["accepted"] >= count, 10, "the slow connections")
+                started = time.monotonic()
+                wait_until(lambda: inbound()["open"] <= 1, 10, "the slow connections to be cut")
+                cut_after = time.monotonic() - started
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()  # its own PID; the point is made
+                proc.communicate(timeout=30)
+        assert cut_after < 2.0 + 4, cut_after
+        assert steady.statuses and set(steady.statuses) == {200}, steady.statuses
+        assert steady.slowest < 2.0, steady.slowest
+        assert sidecar.proc.poll() is None
+        wait_until(lambda: inbound()["open"] == 0, 5, "every connection to be closed")
 
 
 def rss(pid: int) -> int:

@@ -1,7 +1,7 @@
 """A bounded coverage-guided fuzz run in CI (RELIABILITY row 11).
 
 atheris drives `fuzz.fuzz_http1` (the parser and forwarder with the smuggling invariants)
-from a seed corpus made of well-formed requests and the smuggling corpus, for a fixed time.
+from a seed corpus made of well-formed requests and the smuggling corpus, for 10 s.
 Any broken invariant is a libFuzzer crash: the run fails and the input is saved. The longer
 run is documented in the README (`-runs=1000000`).
 """
@@ -22,7 +22,7 @@ from tests.support.processes import REPO
 pytestmark = pytest.mark.timeout(90)
 
 #: Seconds of fuzzing in CI (override with MESH_FUZZ_SECONDS).
-SECONDS = int(os.environ.get("MESH_FUZZ_SECONDS", "15"))
+SECONDS = int(os.environ.get("MESH_FUZZ_SECONDS", "10"))
 
 
 def test_bounded_fuzz_run_keeps_the_invariants(tmp_path: Path) -> None:
@@ -57,4 +57,4 @@ def test_bounded_fuzz_run_keeps_the_invariants(tmp_path: Path) -> None:
     assert done, log[-2000:]
     runs = int(done.group(1))
     print(f"fuzz: {runs} runs in {done.group(2)} s")
-    assert runs > 10_000
+    assert runs > 5_000
