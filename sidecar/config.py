@@ -66,6 +66,7 @@ class LimitsConfig(_Model):
     max_connections: int = Field(10_000, ge=1)
     max_pipelined: int = Field(16, ge=1, le=1024)
     allow_http10: bool = True
+    body_buffer_bytes: int = Field(256 * 1024, ge=4096, le=64 * 1024 * 1024)
 
     def policy(self) -> HttpLimits:
         return HttpLimits(**self.model_dump())
