@@ -92,6 +92,15 @@ class UpstreamConfig(_Model):
     name: str = Field(min_length=1)
     local_port: Port = Field(ge=1, le=65535)
     local_address: str = "127.0.0.1"
+    #: "tcp": the local port tunnels bytes to the service (no HTTP parsing).
+    protocol: Literal["http", "tcp"] = "http"
+
+
+class TunnelConfig(_Model):
+    """Byte tunnels: WebSocket connections after their 101, and TCP upstreams."""
+
+    #: A tunnel with no byte either way for this long is closed.
+    idle_timeout: float = Field(300.0, gt=0)
 
 
 class ConsulConfig(_Model):
@@ -243,6 +252,9 @@ class SidecarConfig(_Model):
     services: dict[str, dict[str, Any]] = {}
     #: What protects the local app: a bulkhead, and optional fault injection.
     inbound: InboundPolicies = InboundPolicies()
+    #: "tcp": the app speaks raw TCP; the inbound listener tunnels bytes to it.
+    app_protocol: Literal["http", "tcp"] = "http"
+    tunnel: TunnelConfig = TunnelConfig()
 
     @field_validator("listen", "admin")
     @classmethod

@@ -40,6 +40,7 @@ from mesh.layers.deadline import Deadline
 from mesh.layers.passthrough import Passthrough
 from mesh.layers.route import Route
 from mesh.stack import Handler
+from mesh.tunnel import pipe
 from sidecar import stacks
 from sidecar.admin import Admin, json_response
 from sidecar.admin_control import MetricsOnly
@@ -256,6 +257,7 @@ class Sidecar:
         self._reserve_own_ports()
         if self._tls_source is not None:
             self.tls = await self._tls_source.load()
+        pipe.configure(config.tunnel.idle_timeout)
         outbound_pools = self._pool_factory(config.outbound_timeouts.connect, mesh=True)
         services = self.services = Services(
             self.resolver, outbound_pools, self.is_self, self._outbound_cluster_stack, self._spawn
