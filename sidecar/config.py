@@ -344,9 +344,13 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def parse_upstream_flag(text: str) -> dict[str, Any]:
     name, sep, port = text.partition("=")
-    if not sep or not name or not port.isdigit():
+    port, _, protocol = port.partition("/")  # NAME=PORT/tcp declares a TCP upstream
+    if not sep or not name or not port.isdigit() or protocol not in ("", "http", "tcp"):
         raise ConfigError(f"--upstream {text!r}: expected NAME=LOCALPORT")
-    return {"name": name, "local_port": int(port)}
+    flag: dict[str, Any] = {"name": name, "local_port": int(port)}
+    if protocol:
+        flag["protocol"] = protocol
+    return flag
 
 
 def build(

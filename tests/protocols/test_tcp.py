@@ -16,9 +16,11 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,9 @@ from tests.support.certs import Pki, spiffe_id
 from tests.support.processes import MeshProcess, Sidecars, free_port, wait_until, write_yaml
 
 pytestmark = pytest.mark.timeout(60)
+
+IDLE_TIMEOUT = 1.5
+BANNER = b"220 echo ready\r\n"
 
 
 class EchoServer:
@@ -120,11 +125,16 @@ class Pair:
 
 
 def start_pair(
-    sidecars: Sidecars, tag: str, echo: EchoServer, pki: Pki | None, denied: bool = False
+    sidecars: Sidecars,
+    tag: str,
+    echo: EchoServer,
+    pki: Pki | None,
+    denied: bool = False,
+    client_config: dict[str, Any] | None = None,
 ) -> Pair:
     inbound, port, ghost = free_port(), free_port(), free_port()
     tls = (lambda service: pki.issue(service).flags()) if pki else (lambda service: [])
-    config = {"app_protocol": "tcp", "access_log": True}
+    config: dict[str, Any] = {"app_protocol": "tcp", "access_log": True}
     if pki is not None:
         config["authorization"] = {"default": "deny", "allow": ["client"]}
     server = sidecars.start(
@@ -142,6 +152,7 @@ def start_pair(
         if ghost_port:
             upstreams.append({"name": "ghost", "local_port": ghost_port, "protocol": "tcp"})
         data = {"upstreams": upstreams, "access_log": True, "catalog": str(catalog)}
+        data.update(client_config or {})
         path = write_yaml(sidecars.log_dir / f"{tag}-{name}.yaml", data)
         return sidecars.start(
             "--service", name, "--config", str(path), *tls(name), name=f"{tag}-{name}"
@@ -165,9 +176,10 @@ def mtls(pki: Pki, sidecars: Sidecars) -> Iterator[Pair]:
 
 @pytest.fixture(scope="module")
 def plain(sidecars: Sidecars) -> Iterator[Pair]:
-    echo = EchoServer(banner=b"220 echo ready\r\n")
+    echo = EchoServer(banner=BANNER)
     try:
-        yield start_pair(sidecars, "plain", echo, None)
+        limits = {"tunnel": {"idle_timeout": IDLE_TIMEOUT}, "limits": {"max_connections": 4}}
+        yield start_pair(sidecars, "plain", echo, None, client_config=limits)
     finally:
         echo.close()
 
@@ -221,6 +233,49 @@ def test_upstream_without_endpoints_closes_the_client(mtls: Pair) -> None:
 
 
 def test_plaintext_pair_carries_a_banner_and_a_half_close(plain: Pair) -> None:
-    banner = b"220 echo ready\r\n"
     payload = os.urandom(1024 * 1024)
-    assert exchange(plain.port, payload, half_close=True, banner=banner) == banner + payload
+    assert exchange(plain.port, payload, half_close=True, banner=BANNER) == BANNER + payload
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size and (chunk := sock.recv(size - len(data))):
+        data += chunk
+    return data
+
+
+def test_idle_tunnel_is_closed_after_the_idle_timeout(plain: Pair) -> None:
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=IDLE_TIMEOUT * 6) as sock:
+        assert read_exactly(sock, len(BANNER)) == BANNER
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the sidecar, not by the test's timeout
+        waited = time.monotonic() - started
+    assert IDLE_TIMEOUT * 0.9 <= waited < IDLE_TIMEOUT * 6
+    wait_until(
+        lambda: any(
+            line.get("mesh_error") == "tunnel-idle-timeout" for line in plain.client.access_log()
+        ),
+        5,
+        "the idle timeout in the access log",
+    )
+
+
+def test_connections_over_the_listener_limit_are_refused(plain: Pair) -> None:
+    held = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", plain.port), timeout=10)
+            held.append(sock)
+            assert read_exactly(sock, len(BANNER)) == BANNER
+        assert closed_without_data(plain.port)
+        stats = plain.client.admin("/listeners")["upstream:echo"]
+        assert stats["refused_over_limit"] >= 1
+        assert stats["open"] == 4
+    finally:
+        for sock in held:
+            sock.close()
+    # Once they are gone there is room again.
+    wait_until(
+        lambda: plain.client.admin("/listeners")["upstream:echo"]["open"] == 0, 5, "room again"
+    )
+    assert exchange(plain.port, b"again", banner=BANNER) == BANNER + b"again"
