@@ -615,7 +615,10 @@ class ServerConnection:
         websocket.splice(
             transport, upgrade, response, lambda up, down, why: finished.set_result((up, down, why))
         )
-        _, down, error = await finished
+        up, down, error = await finished
+        # The client's bytes, for the access log, which reads them off the request body.
+        request.body = Body.complete(b"")
+        request.body.received = up
         self.closed = True
         self.tracker.discard(self)
         self._completed(request, response, down, error)

@@ -179,6 +179,7 @@ def test_each_websocket_is_one_long_request_in_both_access_logs(pair: Pair) -> N
         assert line["status"] == 101
         assert line["service"] == "chat"
         assert isinstance(line["bytes_out"], int) and line["bytes_out"] > 10_000
+        assert isinstance(line["bytes_in"], int) and line["bytes_in"] > 10_000
 
 
 def test_idle_websocket_is_closed_after_the_idle_timeout(pair: Pair) -> None:
