@@ -45,7 +45,8 @@ class EchoApp:
     def __init__(self) -> None:
         self.handshakes: list[dict[str, str]] = []
         self.plain: list[dict[str, str]] = []
-        self.close_codes: list[int | None] = []
+        #: The close code each connection ended with, by request path.
+        self.close_codes: dict[str, int | None] = {}
         self.server: Server = serve(
             self._handle,
             "127.0.0.1",
@@ -69,7 +70,8 @@ class EchoApp:
         return None
 
     def _handle(self, conn: ServerConnection) -> None:
-        conn.send(f"hello {conn.request.path if conn.request else ''}")
+        path = conn.request.path if conn.request else ""
+        conn.send(f"hello {path}")
         try:
             for message in conn:
                 if isinstance(message, str) and message.startswith("close:"):
@@ -78,7 +80,7 @@ class EchoApp:
                 conn.send(message)
         except ConnectionClosed:
             pass
-        self.close_codes.append(conn.close_code)
+        self.close_codes[path] = conn.close_code
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -149,12 +151,11 @@ def test_messages_flow_both_ways_through_the_pair(pair: Pair) -> None:
 
 
 def test_client_close_handshake_reaches_the_app(pair: Pair) -> None:
-    before = len(pair.app.close_codes)
     with pair.connect("/client-closes") as ws:
         assert ws.recv(timeout=5) == "hello /client-closes"
         ws.close(code=4000, reason="bye")
-    wait_until(lambda: len(pair.app.close_codes) > before, 5, "the app to see the close")
-    assert pair.app.close_codes[-1] == 4000
+    wait_until(lambda: "/client-closes" in pair.app.close_codes, 5, "the app to see the close")
+    assert pair.app.close_codes["/client-closes"] == 4000
     assert ws.close_code == 4000
 
 
