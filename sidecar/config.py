@@ -92,8 +92,9 @@ class UpstreamConfig(_Model):
     name: str = Field(min_length=1)
     local_port: Port = Field(ge=1, le=65535)
     local_address: str = "127.0.0.1"
-    #: "tcp": the local port tunnels bytes to the service (no HTTP parsing).
-    protocol: Literal["http", "tcp"] = "http"
+    #: "tcp": the local port tunnels bytes to the service (no HTTP parsing). Unset: HTTP,
+    #: unless Consul says the service is TCP (its Meta protocol=tcp).
+    protocol: Literal["http", "tcp"] | None = None
 
 
 class TunnelConfig(_Model):

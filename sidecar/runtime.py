@@ -41,6 +41,7 @@ from mesh.layers.deadline import Deadline
 from mesh.layers.passthrough import Passthrough
 from mesh.layers.route import Route
 from mesh.stack import Handler
+from mesh.tcp.dispatch import EitherTracker, ServiceProtocol, either
 from mesh.tcp.listener import InboundTcp, OutboundTcp, TcpConnection, TcpLog, TcpTracker
 from mesh.tunnel import pipe
 from sidecar import stacks
@@ -67,7 +68,7 @@ class Listener:
     host: str
     port: int
     server: asyncio.Server
-    tracker: ConnectionTracker | TcpTracker
+    tracker: ConnectionTracker | TcpTracker | EitherTracker
 
 
 class Hooks(Protocol):
@@ -230,12 +231,27 @@ class Sidecar:
             name, direction, address, tracker, lambda: make(tracker, access_log), tls
         )
 
+    async def _listen_either(
+        self, name: str, address: str, handler: Handler, cluster: Cluster
+    ) -> Listener:
+        """An upstream listener speaking HTTP/1.1 or tunnelling TCP, as discovery says."""
+        http = ConnectionTracker(self.config.limits.policy(), name)
+        tcp = TcpTracker(self.config.limits.max_connections, name)
+        make_tcp = self._outbound_tcp(cluster)
+        access_log = TcpLog("outbound", self.config.access_log)
+        factory = either(
+            ServiceProtocol(cluster),
+            lambda: as_protocol(ServerConnection(handler, http, b"http")),
+            lambda: make_tcp(tcp, access_log),
+        )
+        return await self._bind(name, "outbound", address, EitherTracker(http, tcp), factory, None)
+
     async def _bind(
         self,
         name: str,
         direction: str,
         address: str,
-        tracker: ConnectionTracker | TcpTracker,
+        tracker: ConnectionTracker | TcpTracker | EitherTracker,
         factory: Callable[[], asyncio.BaseProtocol],
         tls: ssl.SSLContext | None,
     ) -> Listener:
@@ -348,6 +364,15 @@ class Sidecar:
                         "outbound",
                         f"{upstream.local_address}:{upstream.local_port}",
                         self._outbound_tcp(self.services.clusters[upstream.name]),
+                    )
+                    continue
+                if upstream.protocol is None and config.consul.address is not None:
+                    # Consul may declare the service TCP (Meta protocol=tcp): it decides.
+                    await self._listen_either(
+                        f"upstream:{upstream.name}",
+                        f"{upstream.local_address}:{upstream.local_port}",
+                        stacks.outbound_stack(config, route),
+                        self.services.clusters[upstream.name],
                     )
                     continue
                 await self._listen(

@@ -19,7 +19,7 @@ def test_upstream_flag_declares_a_tcp_upstream() -> None:
 
 def test_protocols_default_to_http_and_accept_tcp() -> None:
     config = build(None, {"service": "web", "upstreams": [{"name": "db", "local_port": 5433}]})
-    assert config.upstreams[0].protocol == "http"
+    assert config.upstreams[0].protocol is None  # HTTP, unless Consul says TCP
     assert config.app_protocol == "http"
     assert config.tunnel.idle_timeout == 300.0
     config = build(
