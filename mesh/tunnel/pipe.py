@@ -46,6 +46,8 @@ class Side(asyncio.Protocol):
         self.lost = False
         #: Received before the tunnel was joined; written to the peer when it is.
         self.pending: list[bytes] = []
+        #: This side's transport has more buffered than it wants: the peer stops reading.
+        self.write_paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,7 +57,10 @@ class Side(asyncio.Protocol):
         self.received += len(data)
         peer, tunnel = self.peer, self.tunnel
         if peer is None or tunnel is None or peer.transport is None:
+            # Not joined yet: keep this chunk, read no more until the tunnel starts.
             self.pending.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
             return
         tunnel.last_activity = tunnel.loop.time()
         if not peer.lost:
@@ -94,11 +99,13 @@ class Side(asyncio.Protocol):
             self.tunnel.side_lost(self, exc)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
             peer.transport.resume_reading()
@@ -146,7 +153,9 @@ class Tunnel:
             elif side.eof and not side.pass_eof():
                 assert side.transport is not None
                 side.transport.close()
-            elif side.transport is not None:
+            elif side.transport is not None and not peer.write_paused:
+                # (Writing the other side's pending bytes may have filled this side's
+                # peer already: then it resumes when that drains.)
                 side.transport.resume_reading()
         if not self.finished:
             self._timer = self.loop.call_later(self.idle_timeout, self._check_idle)

@@ -279,3 +279,44 @@ def test_connections_over_the_listener_limit_are_refused(plain: Pair) -> None:
         lambda: plain.client.admin("/listeners")["upstream:echo"]["open"] == 0, 5, "room again"
     )
     assert exchange(plain.port, b"again", banner=BANNER) == BANNER + b"again"
+
+
+def peak_rss(proc: MeshProcess) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    with open(f"/proc/{proc.proc.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_client_that_does_not_read_stalls_the_tunnel_in_bounded_memory(mtls: Pair) -> None:
+    """End-to-end flow control: the echo fills the client's socket, the tunnel pauses, the
+    sender blocks; neither sidecar buffers the transfer."""
+    size = 96 * 1024 * 1024  # more than the kernel's socket buffers along the path hold
+    payload = os.urandom(size)
+    before = {p.name: peak_rss(p) for p in (mtls.client, mtls.server)}
+    sent = [0]
+    with socket.create_connection(("127.0.0.1", mtls.port), timeout=30) as sock:
+
+        def send() -> None:
+            view = memoryview(payload)
+            for i in range(0, size, 64 * 1024):
+                sock.sendall(view[i : i + 64 * 1024])
+                sent[0] = i + 64 * 1024
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        seen: list[int] = []
+
+        def stalled() -> bool:
+            seen.append(sent[0])
+            return len(seen) > 25 and len(set(seen[-25:])) == 1  # unchanged for ~0.5 s
+
+        wait_until(stalled, 20, "the sender to block")
+        assert sent[0] < size, "the tunnel took the transfer without the client reading"
+        for proc in (mtls.client, mtls.server):
+            assert peak_rss(proc) - before[proc.name] < 24 * 1024 * 1024, proc.name
+        received = read_exactly(sock, size)
+        sender.join(20)
+    assert received == payload
