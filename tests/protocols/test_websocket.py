@@ -12,6 +12,7 @@ client as an HTTP status, and a non-WebSocket Upgrade (h2c) still removed.
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -94,6 +95,8 @@ class Pair:
     client: MeshProcess
     #: The client sidecar's local port for service `chat`.
     port: int
+    #: The client sidecar's HTTP-proxy port (routes by Host).
+    proxy_port: int
 
     def connect(self, path: str = "/room") -> ClientConnection:
         return connect(
@@ -112,7 +115,7 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(pki: Pki, sidecars: Sidecars) -> Iterator[Pair]:
     app = EchoApp()
-    inbound, port = free_port(), free_port()
+    inbound, port, proxy_port = free_port(), free_port(), free_port()
     tunnel = {"tunnel": {"idle_timeout": IDLE_TIMEOUT}}
     chat = sidecars.start(
         "--service", "chat", "--app-port", str(app.port), "--listen", f"127.0.0.1:{inbound}",
@@ -124,11 +127,12 @@ def pair(pki: Pki, sidecars: Sidecars) -> Iterator[Pair]:
     )
     client = sidecars.start(
         "--service", "client", "--catalog", str(catalog), "--upstream", f"chat={port}",
+        "--proxy-port", str(proxy_port),
         "--config", str(write_yaml(sidecars.log_dir / "client.yaml", tunnel)),
         "--access-log", *pki.issue("client").flags(), name="client",
     )  # fmt: skip
     try:
-        yield Pair(app, chat, client, port)
+        yield Pair(app, chat, client, port, proxy_port)
     finally:
         app.stop()
 
@@ -237,3 +241,13 @@ def test_websocket_upgrade_not_listed_in_connection_is_not_honoured(pair: Pair) 
         response = conn.read_response()
     assert response.status == 200
     assert "upgrade" not in pair.app.plain[before]
+
+
+def test_websocket_through_the_proxy_port_is_routed_by_host(pair: Pair) -> None:
+    sock = socket.create_connection(("127.0.0.1", pair.proxy_port), timeout=10)
+    with connect(
+        "ws://chat/via-proxy", sock=sock, open_timeout=10, ping_interval=None, compression=None
+    ) as ws:
+        assert ws.recv(timeout=5) == "hello /via-proxy"
+        ws.send("through the proxy")
+        assert ws.recv(timeout=5) == "through the proxy"
