@@ -225,7 +225,7 @@ class Sidecar:
         tls: ssl.SSLContext | None = None,
     ) -> Listener:
         """A listener that tunnels raw TCP (mesh.tcp): no HTTP parsing on it."""
-        tracker = TcpTracker(self.config.limits.max_connections, name)
+        tracker = TcpTracker(self.config.limits.policy(), name)
         access_log = TcpLog(direction, self.config.access_log)
         return await self._bind(
             name, direction, address, tracker, lambda: make(tracker, access_log), tls
@@ -236,7 +236,7 @@ class Sidecar:
     ) -> Listener:
         """An upstream listener speaking HTTP/1.1 or tunnelling TCP, as discovery says."""
         http = ConnectionTracker(self.config.limits.policy(), name)
-        tcp = TcpTracker(self.config.limits.max_connections, name)
+        tcp = TcpTracker(self.config.limits.policy(), name)
         make_tcp = self._outbound_tcp(cluster)
         access_log = TcpLog("outbound", self.config.access_log)
         factory = either(
@@ -284,7 +284,7 @@ class Sidecar:
     ) -> Callable[[TcpTracker, TcpLog], TcpConnection]:
         authorizer = None
         if authorize:  # the same policy as the HTTP inbound stack's (Consul's, else config's)
-            authorizer = self.authorizer or self.config.authorization.authorizer()
+            authorizer = lambda: self.authorizer or self.config.authorization.authorizer()  # noqa: E731
         service = self.config.service
         return lambda tracker, access: InboundTcp(tracker, access, app, service, authorizer)
 

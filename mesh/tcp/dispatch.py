@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from mesh.cluster import Cluster
 from mesh.http1.server import ConnectionTracker
+from mesh.policy import HttpLimits
 from mesh.tcp.listener import TcpTracker
 
 PROTOCOL_META = "protocol"
@@ -42,6 +43,19 @@ class EitherTracker:
         self.http = http
         self.tcp = tcp
         self.name = http.name
+
+    @property
+    def limits(self) -> HttpLimits:
+        return self.http.limits
+
+    @limits.setter
+    def limits(self, limits: HttpLimits) -> None:  # a config reload
+        self.http.limits = limits
+        self.tcp.limits = limits
+
+    @property
+    def refused_identity(self) -> int:
+        return self.http.refused_identity + self.tcp.refused_identity
 
     def statistics(self) -> dict[str, object]:
         return {**self.http.statistics(), "tcp": self.tcp.statistics()}

@@ -35,6 +35,7 @@ from mesh.http1.pool import EndpointPool
 from mesh.identity.authorize import Authorizer
 from mesh.identity.spiffe import peer_identity
 from mesh.inline import Inline
+from mesh.policy import HttpLimits
 from mesh.tunnel.pipe import Side, Tunnel
 
 log = logging.getLogger("mesh.tcp")
@@ -51,8 +52,9 @@ class TcpTracker:
     It offers what the sidecar asks of an HTTP listener's ConnectionTracker.
     """
 
-    def __init__(self, max_connections: int, name: str = "") -> None:
-        self.max_connections = max_connections
+    def __init__(self, limits: HttpLimits, name: str = "") -> None:
+        #: Only `max_connections` applies to a TCP listener; replaced on a config reload.
+        self.limits = limits
         self.name = name
         self.connections: set[TcpConnection] = set()
         self.draining = False
@@ -78,7 +80,7 @@ class TcpTracker:
         }
 
     def add(self, conn: TcpConnection) -> bool:
-        if len(self.connections) >= self.max_connections or self.draining:
+        if len(self.connections) >= self.limits.max_connections or self.draining:
             self.refused += 1
             return False
         self.accepted += 1
@@ -287,7 +289,7 @@ class InboundTcp(TcpConnection):
         access_log: TcpLog,
         app: EndpointPool,
         service: str,
-        authorizer: Authorizer | None,
+        authorizer: Callable[[], Authorizer] | None,
     ) -> None:
         super().__init__(tracker, access_log)
         self.app = app
@@ -306,7 +308,8 @@ class InboundTcp(TcpConnection):
             log.warning("refused a TLS peer from %s: no SPIFFE ID", self.client_addr)
             return "no-identity"
         if self.authorizer is not None:
-            allowed, why = self.authorizer.decide(self.caller)
+            # The current policy (a config reload may have replaced it), once per connection.
+            allowed, why = self.authorizer().decide(self.caller)
             if not allowed:
                 self.tracker.denied += 1
                 log.warning("denied %s -> %s (tcp): %s", self.caller, self.service, why)
