@@ -58,7 +58,19 @@ class EitherTracker:
         return self.http.refused_identity + self.tcp.refused_identity
 
     def statistics(self) -> dict[str, object]:
-        return {**self.http.statistics(), "tcp": self.tcp.statistics()}
+        """The listener's counts (HTTP connections and tunnels together), and the tunnels'
+        own under "tcp"."""
+        tcp = self.tcp.statistics()
+        merged: dict[str, object] = {}
+        for key, value in self.http.statistics().items():
+            other = tcp.get(key)
+            counts = isinstance(value, int) and isinstance(other, int)
+            if counts and not isinstance(value, bool):
+                merged[key] = int(value) + int(other or 0)  # counts add up; flags do not
+            else:
+                merged[key] = value
+        merged["tcp"] = tcp
+        return merged
 
     async def sweep_forever(self) -> None:
         await self.http.sweep_forever()

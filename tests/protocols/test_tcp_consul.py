@@ -68,7 +68,7 @@ def test_consul_meta_protocol_tcp_makes_the_callers_port_a_tunnel(
         assert (status, body) == (200, b"web")
         stats = caller.admin("/listeners")
         assert stats[f"upstream:{tcp_service}"]["tcp"]["accepted"] == 1
-        assert stats[f"upstream:{tcp_service}"]["accepted"] == 0  # no HTTP connection
+        assert stats[f"upstream:{tcp_service}"]["accepted"] == 1  # the tunnel, no HTTP
         assert stats[f"upstream:{http_service}"]["tcp"]["accepted"] == 0
     finally:
         echo.close()
