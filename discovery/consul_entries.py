@@ -64,6 +64,16 @@ def _policy_meta(svc: Mapping[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+#: The service Meta key naming its protocol ("tcp": callers tunnel bytes, see mesh/tcp).
+PROTOCOL_META = "protocol"
+
+
+def _protocol_meta(svc: Mapping[str, Any]) -> str:
+    meta = svc.get("Meta")
+    value = meta.get(PROTOCOL_META) if isinstance(meta, Mapping) else None
+    return value if isinstance(value, str) and value.isalnum() and len(value) <= 16 else ""
+
+
 def endpoint_set(
     service: str,
     entries: Any,
@@ -99,6 +109,9 @@ def endpoint_set(
         policy = _policy_meta(svc)
         if policy:
             meta = (*meta, (POLICY_META, policy))
+        protocol = _protocol_meta(svc)
+        if protocol:
+            meta = (*meta, (PROTOCOL_META, protocol))
         endpoint = Endpoint(host, port, identity, min(max(weight, 1), MAX_WEIGHT), meta)
         problem = endpoint.problem()
         if problem is None and not _HOST.match(host):

@@ -46,6 +46,8 @@ class Upstream:
     name: str
     local_port: int
     local_address: str = "127.0.0.1"
+    #: "tcp" for an upstream declared TCP; "" leaves it to the service's own protocol.
+    protocol: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def definitions(
                     "DestinationName": u.name,
                     "LocalBindAddress": u.local_address,
                     "LocalBindPort": u.local_port,
+                    **({"Config": {"protocol": u.protocol}} if u.protocol else {}),
                 }
                 for u in instance.upstreams
             ],

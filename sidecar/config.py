@@ -92,6 +92,16 @@ class UpstreamConfig(_Model):
     name: str = Field(min_length=1)
     local_port: Port = Field(ge=1, le=65535)
     local_address: str = "127.0.0.1"
+    #: "tcp": the local port tunnels bytes to the service (no HTTP parsing). Unset: HTTP,
+    #: unless Consul says the service is TCP (its Meta protocol=tcp).
+    protocol: Literal["http", "tcp"] | None = None
+
+
+class TunnelConfig(_Model):
+    """Byte tunnels: WebSocket connections after their 101, and TCP upstreams."""
+
+    #: A tunnel with no byte either way for this long is closed.
+    idle_timeout: float = Field(300.0, gt=0)
 
 
 class ConsulConfig(_Model):
@@ -243,6 +253,9 @@ class SidecarConfig(_Model):
     services: dict[str, dict[str, Any]] = {}
     #: What protects the local app: a bulkhead, and optional fault injection.
     inbound: InboundPolicies = InboundPolicies()
+    #: "tcp": the app speaks raw TCP; the inbound listener tunnels bytes to it.
+    app_protocol: Literal["http", "tcp"] = "http"
+    tunnel: TunnelConfig = TunnelConfig()
 
     @field_validator("listen", "admin")
     @classmethod
@@ -332,9 +345,13 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def parse_upstream_flag(text: str) -> dict[str, Any]:
     name, sep, port = text.partition("=")
-    if not sep or not name or not port.isdigit():
+    port, _, protocol = port.partition("/")  # NAME=PORT/tcp declares a TCP upstream
+    if not sep or not name or not port.isdigit() or protocol not in ("", "http", "tcp"):
         raise ConfigError(f"--upstream {text!r}: expected NAME=LOCALPORT")
-    return {"name": name, "local_port": int(port)}
+    flag: dict[str, Any] = {"name": name, "local_port": int(port)}
+    if protocol:
+        flag["protocol"] = protocol
+    return flag
 
 
 def build(

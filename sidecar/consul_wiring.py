@@ -56,6 +56,11 @@ def read_token(path: Path | None) -> str | None:
     return token
 
 
+def protocol_meta(config: SidecarConfig) -> dict[str, str]:
+    """Meta `protocol=tcp` for a TCP app; an HTTP service registers as it always did."""
+    return {"protocol": config.app_protocol} if config.app_protocol != "http" else {}
+
+
 class ConsulHooks:
     """Watches the catalog (proxy mode), keeps this instance registered, and leaves Consul
     before the listeners close on shutdown."""
@@ -118,11 +123,13 @@ class ConsulHooks:
             app_host=config.app_host,
             app_port=config.app_port,
             upstreams=tuple(
-                Upstream(u.name, u.local_port, u.local_address) for u in config.upstreams
+                Upstream(u.name, u.local_port, u.local_address, u.protocol or "")
+                for u in config.upstreams
             ),
             tags=settings.tags,
             weight=settings.weight,
-            meta=tuple(sorted(settings.meta.items())),
+            # A TCP app says so in its Meta: callers' upstreams follow it (mesh/tcp).
+            meta=tuple(sorted({**settings.meta, **protocol_meta(config)}.items())),
         )
 
     async def run(self, sidecar: Sidecar, *, task_status: TaskStatus[None]) -> None:

@@ -29,6 +29,7 @@ import mesh
 from discovery.endpoint import DEFAULT_TRUST_DOMAIN, Endpoint, EndpointSet
 from discovery.resolver import Resolver
 from discovery.static import StaticResolver, parse_address
+from mesh.balance import make_balancer
 from mesh.cluster import Cluster
 from mesh.http1.client import as_protocol
 from mesh.http1.deadlines import SWEEPER
@@ -40,6 +41,9 @@ from mesh.layers.deadline import Deadline
 from mesh.layers.passthrough import Passthrough
 from mesh.layers.route import Route
 from mesh.stack import Handler
+from mesh.tcp.dispatch import EitherTracker, ServiceProtocol, either
+from mesh.tcp.listener import InboundTcp, OutboundTcp, TcpConnection, TcpLog, TcpTracker
+from mesh.tunnel import pipe
 from sidecar import stacks
 from sidecar.admin import Admin, json_response
 from sidecar.admin_control import MetricsOnly
@@ -64,7 +68,7 @@ class Listener:
     host: str
     port: int
     server: asyncio.Server
-    tracker: ConnectionTracker
+    tracker: ConnectionTracker | TcpTracker | EitherTracker
 
 
 class Hooks(Protocol):
@@ -205,13 +209,54 @@ class Sidecar:
         handler: Handler,
         tls: ssl.SSLContext | None = None,
     ) -> Listener:
-        host, port = parse_address(address, name)
         tracker = ConnectionTracker(self.config.limits.policy(), name)
-        loop = asyncio.get_running_loop()
         scheme = b"https" if tls is not None else b"http"
         factory: Callable[[], asyncio.BaseProtocol] = lambda: as_protocol(  # noqa: E731
             ServerConnection(handler, tracker, scheme)
         )
+        return await self._bind(name, direction, address, tracker, factory, tls)
+
+    async def _listen_tcp(
+        self,
+        name: str,
+        direction: str,
+        address: str,
+        make: Callable[[TcpTracker, TcpLog], TcpConnection],
+        tls: ssl.SSLContext | None = None,
+    ) -> Listener:
+        """A listener that tunnels raw TCP (mesh.tcp): no HTTP parsing on it."""
+        tracker = TcpTracker(self.config.limits.policy(), name)
+        access_log = TcpLog(direction, self.config.access_log)
+        return await self._bind(
+            name, direction, address, tracker, lambda: make(tracker, access_log), tls
+        )
+
+    async def _listen_either(
+        self, name: str, address: str, handler: Handler, cluster: Cluster
+    ) -> Listener:
+        """An upstream listener speaking HTTP/1.1 or tunnelling TCP, as discovery says."""
+        http = ConnectionTracker(self.config.limits.policy(), name)
+        tcp = TcpTracker(self.config.limits.policy(), name)
+        make_tcp = self._outbound_tcp(cluster)
+        access_log = TcpLog("outbound", self.config.access_log)
+        factory = either(
+            ServiceProtocol(cluster),
+            lambda: as_protocol(ServerConnection(handler, http, b"http")),
+            lambda: make_tcp(tcp, access_log),
+        )
+        return await self._bind(name, "outbound", address, EitherTracker(http, tcp), factory, None)
+
+    async def _bind(
+        self,
+        name: str,
+        direction: str,
+        address: str,
+        tracker: ConnectionTracker | TcpTracker | EitherTracker,
+        factory: Callable[[], asyncio.BaseProtocol],
+        tls: ssl.SSLContext | None,
+    ) -> Listener:
+        host, port = parse_address(address, name)
+        loop = asyncio.get_running_loop()
         if tls is not None:
             # The handshake is started by our acceptor so a refused caller gets its alert.
             from mesh.identity.accept import RefusalLog, acceptor_factory
@@ -233,6 +278,19 @@ class Sidecar:
 
     async def _add_listeners(self) -> None:
         """Listeners a variant of the sidecar adds (the ingress gateway's); none here."""
+
+    def _inbound_tcp(
+        self, app: EndpointPool, authorize: bool
+    ) -> Callable[[TcpTracker, TcpLog], TcpConnection]:
+        authorizer = None
+        if authorize:  # the same policy as the HTTP inbound stack's (Consul's, else config's)
+            authorizer = lambda: self.authorizer or self.config.authorization.authorizer()  # noqa: E731
+        service = self.config.service
+        return lambda tracker, access: InboundTcp(tracker, access, app, service, authorizer)
+
+    def _outbound_tcp(self, cluster: Cluster) -> Callable[[TcpTracker, TcpLog], TcpConnection]:
+        balancer = make_balancer(self.config.balance)
+        return lambda tracker, access: OutboundTcp(tracker, access, cluster, balancer)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _reserve_own_ports(self) -> None:
@@ -256,6 +314,7 @@ class Sidecar:
         self._reserve_own_ports()
         if self._tls_source is not None:
             self.tls = await self._tls_source.load()
+        pipe.configure(config.tunnel.idle_timeout)
         outbound_pools = self._pool_factory(config.outbound_timeouts.connect, mesh=True)
         services = self.services = Services(
             self.resolver, outbound_pools, self.is_self, self._outbound_cluster_stack, self._spawn
@@ -277,19 +336,45 @@ class Sidecar:
                 self.app_cluster = app
                 tg.start_soon(self._probe_app)
                 identity = self.tls.identity if self.tls is not None else None
-                inbound = stacks.inbound_stack(config, app, identity, self.authorizer)
-                self.inbound_protection = inbound.protection
-                await self._listen(
-                    "inbound",
-                    "inbound",
-                    config.listen,
-                    self.metrics.observe(inbound.handler, "inbound", config.service),
-                    self.tls.listening_context if self.tls is not None else None,
-                )
+                if config.app_protocol == "tcp":
+                    await self._listen_tcp(
+                        "inbound",
+                        "inbound",
+                        config.listen,
+                        self._inbound_tcp(app_pools(local_app), identity is not None),
+                        self.tls.listening_context if self.tls is not None else None,
+                    )
+                else:
+                    inbound = stacks.inbound_stack(config, app, identity, self.authorizer)
+                    self.inbound_protection = inbound.protection
+                    await self._listen(
+                        "inbound",
+                        "inbound",
+                        config.listen,
+                        self.metrics.observe(inbound.handler, "inbound", config.service),
+                        self.tls.listening_context if self.tls is not None else None,
+                    )
             for upstream in config.upstreams:
                 # An upstream port is bound to one service: its stack is known now, and no
                 # per-request routing is needed.
                 route = self.services.stack(upstream.name)
+                if upstream.protocol == "tcp":
+                    await self._listen_tcp(
+                        f"upstream:{upstream.name}",
+                        "outbound",
+                        f"{upstream.local_address}:{upstream.local_port}",
+                        self._outbound_tcp(self.services.clusters[upstream.name]),
+                    )
+                    continue
+                if upstream.protocol is None and config.consul.address is not None:
+                    # Consul may declare the service TCP (Meta protocol=tcp): it decides.
+                    await self._listen_either(
+                        f"upstream:{upstream.name}",
+                        f"{upstream.local_address}:{upstream.local_port}",
+                        stacks.outbound_stack(config, route),
+                        self.services.clusters[upstream.name],
+                    )
+                    continue
                 await self._listen(
                     f"upstream:{upstream.name}",
                     "outbound",

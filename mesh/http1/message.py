@@ -72,6 +72,7 @@ class Request:
         "scheme",
         "service",
         "target",
+        "upgrade",
         "version",
     )
 
@@ -116,6 +117,8 @@ class Request:
         self.attempts = 0
         #: Callbacks run once the response has been fully written or aborted.
         self.on_complete: list[Completion] | None = None
+        #: A `mesh.tunnel.websocket.Upgrade` when the request asks for a WebSocket, else None.
+        self.upgrade: Any = None
 
     @property
     def path(self) -> bytes:

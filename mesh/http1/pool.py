@@ -114,6 +114,20 @@ class EndpointPool:
         return conn
 
     async def _open(self, within: float) -> UpstreamConnection:
+        conn = cast(UpstreamConnection, await self.open(lambda: UpstreamConnection(self), within))
+        self._all.add(conn)
+        if self.closed:
+            conn.abort()
+            raise UpstreamConnectFailed(f"endpoint {self.label} was removed")
+        return conn
+
+    async def open(self, factory: Callable[[], Any], within: float | None = None) -> Any:
+        """A new connection to the endpoint, its protocol made by `factory`: connect timeout
+        (or `within` seconds), TLS and the peer's identity checked. `connect()` makes pooled
+        HTTP/1.1 connections with it; tunnels (WebSocket, TCP) make unpooled ones with a
+        protocol of their own."""
+        if within is None:
+            within = self.connect_timeout
         loop = asyncio.get_running_loop()
         self.connecting += 1
         # A task per new connection (not per request): the data path runs without a current
@@ -121,7 +135,7 @@ class EndpointPool:
         context = self.tls() if self.tls is not None else None
         connecting = asyncio.ensure_future(
             loop.create_connection(
-                lambda: as_protocol(UpstreamConnection(self)),
+                lambda: as_protocol(factory()),
                 self.host,
                 self.port,
                 ssl=context,
@@ -132,8 +146,7 @@ class EndpointPool:
         )
         timer = loop.call_later(within, connecting.cancel)
         try:
-            _, protocol = await connecting
-            conn = cast(UpstreamConnection, protocol)
+            transport, protocol = await connecting
         except asyncio.CancelledError:
             if not connecting.cancelled():
                 raise
@@ -165,21 +178,17 @@ class EndpointPool:
             timer.cancel()
             self.connecting -= 1
         if context is not None:
-            proved = peer_identity(conn.ssl_object())
+            proved = peer_identity(transport.get_extra_info("ssl_object"))
             if proved != self.identity:
                 # Nothing has been written: the request never reaches the wrong peer.
-                conn.abort()
+                transport.abort()
                 self.identity_mismatches += 1
                 raise PeerIdentityMismatch(
                     f"{self.label} proved {proved or 'no identity'!r}, "
                     f"discovery expects {self.identity!r}"
                 )
         self.opened += 1
-        self._all.add(conn)
-        if self.closed:
-            conn.abort()
-            raise UpstreamConnectFailed(f"endpoint {self.label} was removed")
-        return conn
+        return protocol
 
     def release(self, conn: UpstreamConnection) -> None:
         if self.closed or len(self._idle) >= self.policy.max_idle:

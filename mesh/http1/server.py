@@ -33,6 +33,7 @@ from mesh.identity.spiffe import peer_identity
 from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
 from mesh.respond import error_response
+from mesh.tunnel import websocket
 
 if TYPE_CHECKING:
     from mesh.stack import Handler
@@ -41,7 +42,7 @@ log = logging.getLogger("mesh.http1.server")
 
 
 # What the head parser does with a header, by lower-case name; None means "end-to-end".
-_DROP, _HOST, _CL, _TE, _CONN, _XFF, _RID, _EXPECT, _UNDERSCORE = range(9)
+_DROP, _HOST, _CL, _TE, _CONN, _XFF, _RID, _EXPECT, _UNDERSCORE, _UPGRADE = range(10)
 _SPECIAL: dict[bytes, int] = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -51,7 +52,7 @@ _SPECIAL: dict[bytes, int] = {
     b"proxy-connection": _DROP,
     b"te": _DROP,
     b"trailer": _DROP,
-    b"upgrade": _DROP,
+    b"upgrade": _UPGRADE,  # removed, unless it asks for a WebSocket (mesh.tunnel)
     b"proxy-authorization": _DROP,
     b"proxy-authenticate": _DROP,
     b"x-forwarded-for": _XFF,
@@ -65,6 +66,8 @@ _SPECIAL: dict[bytes, int] = {
 _NAMES = HeaderNames(_SPECIAL, reject=_UNDERSCORE)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+#: Set as the stop error once a WebSocket handshake is read: what follows is not HTTP.
+_TUNNEL_NEXT = BadRequest("bytes after a WebSocket handshake belong to its tunnel")
 
 IDLE, HEAD, BODY = 0, 1, 2
 
@@ -298,10 +301,18 @@ class ServerConnection:
                 self._fail(stop.error if isinstance(stop, _Stop) else BadRequest("bad request"))
                 return
             except httptools.HttpParserUpgrade as upgrade:
-                # Upgrade is stripped (a tunnel is not this listener's job): the request goes
-                # on as plain HTTP/1.1 and parsing continues on a fresh parser.
-                self._parser = httptools.HttpRequestParser(self)
                 data = data[upgrade.args[0] :] if upgrade.args else b""
+                last = self._queue[-1] if self._queue else None
+                if isinstance(last, Request) and last.upgrade is not None:
+                    # A WebSocket handshake: nothing more is parsed, and reading pauses until
+                    # the answer decides between a tunnel and closing.
+                    last.upgrade.early = data
+                    self._stop_error = _TUNNEL_NEXT
+                    self.pause_reading()
+                    break
+                # Any other Upgrade is stripped: the request goes on as plain HTTP/1.1 and
+                # parsing continues on a fresh parser.
+                self._parser = httptools.HttpRequestParser(self)
                 if data:
                     continue
             except httptools.HttpParserError as exc:
@@ -346,6 +357,7 @@ class ServerConnection:
         self._xff: bytes | None = None
         self._rid: bytes | None = None
         self._expect = False
+        self._upgrade: bytes | None = None
         self._count = 0
         self._size = 0
 
@@ -405,6 +417,8 @@ class ServerConnection:
             self._rid = value
         elif kind == _EXPECT:
             self._expect = value.lower() == b"100-continue"
+        elif kind == _UPGRADE:
+            self._upgrade = value
 
     def on_headers_complete(self) -> None:
         try:
@@ -484,6 +498,12 @@ class ServerConnection:
         request.peer_identity = self.peer_identity
         if self._rid is not None:
             request.request_id = self._rid
+        if self._upgrade is not None:
+            request.upgrade = websocket.websocket_upgrade(
+                method, version, self._upgrade, tokens, body is not None
+            )
+            if request.upgrade is not None:
+                request.keep_alive = False  # after a refusal the connection closes
         if self._expect and body is not None and version == b"1.1":
             assert self.transport is not None
             self.transport.write(_CONTINUE)
@@ -558,6 +578,9 @@ class ServerConnection:
                 response = await self.handler.handle(item)
             except Exception as exc:  # the stack's rescue layer should have caught it
                 response = error_response(exc)
+            if response.status == 101 and item.upgrade is not None:
+                await self._tunnel(item, response)
+                return
             # A parse error queued behind this request is answered next, then the
             # connection closes; this response itself stays keep-alive.
             keep = (
@@ -577,6 +600,28 @@ class ServerConnection:
                 self.close()
                 return
             self._phase_since = self.now()
+
+    async def _tunnel(self, request: Request, response: Response) -> None:
+        """The upstream switched protocols: the connection is a tunnel until both ends close,
+        and the request completes (access log, metrics) when it does."""
+        upgrade: websocket.Upgrade = request.upgrade
+        transport = self.transport
+        if self.closed or transport is None:
+            if upgrade.upstream is not None and upgrade.upstream.transport is not None:
+                upgrade.upstream.transport.abort()
+            self._completed(request, response, 0, "client-gone")
+            return
+        finished: Waiter[tuple[int, int, str]] = Waiter()
+        websocket.splice(
+            transport, upgrade, response, lambda up, down, why: finished.set_result((up, down, why))
+        )
+        up, down, error = await finished
+        # The client's bytes, for the access log, which reads them off the request body.
+        request.body = Body.complete(b"")
+        request.body.received = up
+        self.closed = True
+        self.tracker.discard(self)
+        self._completed(request, response, down, error)
 
     def _serve_done(self, _: None, error: BaseException | None) -> None:
         self.busy = False

@@ -6,10 +6,13 @@ from mesh.cluster import EndpointState
 from mesh.errors import UpstreamReset
 from mesh.http1.client import request_head
 from mesh.http1.message import IDEMPOTENT_METHODS, Request, Response
+from mesh.tunnel import websocket
 
 
 class Connect:
     async def handle(self, request: Request) -> Response:
+        if request.upgrade is not None:
+            return await websocket.exchange(request)  # a connection of its own, never pooled
         state: EndpointState = request.endpoint
         pool = state.pool
         head = request_head(request)

@@ -228,11 +228,10 @@ UPGRADES = {
         ("Upgrade", "h2c"),
         ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
     ],
-    "websocket": [
+    # WebSocket upgrades are carried as tunnels (tests/protocols/test_websocket.py).
+    "tls": [
         ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("Sec-WebSocket-Version", "13"),
+        ("Upgrade", "TLS/1.0"),
     ],
 }
 

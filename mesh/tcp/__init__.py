@@ -1,0 +1,1 @@
+"""Raw TCP upstreams and apps: listeners that tunnel bytes (see listener.py)."""

@@ -1,0 +1,1 @@
+"""Byte tunnels: WebSocket after its 101, and raw TCP upstreams."""
