@@ -5,8 +5,9 @@
 
 Run from the repository root while `docker compose up` runs in compose/ (standard library
 only: no venv needed). It passes when Jaeger knows every service and holds a trace that
-crosses the whole order path, and Prometheus scrapes every sidecar and sees its request
-counters grow. Until then it asks again, for at most --wait seconds; exit 0 or 1.
+crosses the whole order path, and Prometheus scrapes the gateway and every sidecar and sees
+their request counters grow. Until then it asks again, for at most --wait seconds; exit 0
+or 1.
 """
 
 from __future__ import annotations

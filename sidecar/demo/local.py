@@ -316,7 +316,7 @@ async def summary(
         service_log.read()
     say("\n".join(table(logs, live=False)))
     view = await upstream_view(services, pool)
-    say("\n== resilience (each caller's sidecar, from its /clusters)")
+    say(f"\n== resilience (each caller's sidecar and the {ENTRY}, from their /clusters)")
     say(
         "\n".join(resilience_table([state for run in services for state in view.get(run.name, [])]))
     )

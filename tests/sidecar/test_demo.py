@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo.topology import SERVICES, members
+from sidecar.demo.topology import ENTRY, SERVICES, members
 from tests.sidecar.helpers import descendants, start_time, still_running, stop_leftovers
 from tests.support.processes import MeshProcess, wait_until
 
@@ -96,8 +96,8 @@ def test_demo_sigterm_during_start_up_leaves_no_process_behind(
 ) -> None:
     demo = MeshProcess(["demo", "--rps", "10"], tmp_path, name="demo-early-term")
     procs.append(demo)
-    last = members()[-1]
-    wait_until(lambda: f"started {last}" in output(demo), 20, "every service to start")
+    # The gateway starts last, after every service.
+    wait_until(lambda: f"started {ENTRY}" in output(demo), 20, "every process to start")
     started = {pid: t for pid in descendants(demo.proc.pid) if (t := start_time(pid))}
     demo.signal(signal.SIGTERM)
     assert "== sending" not in output(demo), "the load already runs: too late to test start-up"
