@@ -438,7 +438,13 @@ async def run_demo(
                     outer.start_soon(_cancel_when, stop, running)
                     gateway = await start_mesh(mesh, discovery, workdir, pool)
                     async with loadgen.client() as client:
-                        await warm_up(client, gateway.url, Stats())
+                        warm = Stats()
+                        await warm_up(client, gateway.url, warm)
+                        for service_log in logs:
+                            service_log.restart()
+                        say(f"  warm-up  every route answers through the {ENTRY} "
+                            f"({warm.sent} requests, {warm.sent - warm.ok} not 200); "
+                            "the numbers below count from here")  # fmt: skip
                         switch.set(payments)
                         say(f"== sending {rps:g} req/s to the {ENTRY} at {gateway.url}; "
                             f"{FAULTY}: {payments}; Ctrl-C to stop")  # fmt: skip
