@@ -275,7 +275,7 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
     help="The payments switch once traffic starts (flip it while running: o/s/f/d + Enter).",
 )
 def demo(duration: float, rps: float, discovery: str, payments: str) -> None:
-    """Run the local demo mesh: services with sidecars, traffic, and a summary."""
+    """Run the local demo mesh: services with sidecars behind the gateway, traffic, summary."""
     from sidecar.demo.local import run_demo
 
     sys.exit(run_async(run_demo, duration, rps, discovery, payments))

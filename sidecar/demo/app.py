@@ -6,10 +6,10 @@ which is all an app must do for traces to join up across hops. Its answer nests 
 upstreams' answers, so the caller sees the whole call tree with each hop's status and time.
 
 Environment: DEMO_SERVICE (name), DEMO_PORT, DEMO_CALLS (comma-separated services),
-DEMO_ROUTES (`/prefix=service,...`: a request whose path starts with a prefix calls only
-that service; the entry routes this way), DEMO_MODE_FILE (holds `ok`, `slow`, `failing` or `down`,
-read on every request: the demo's fault switch), DEMO_MODE (the mode when there is no
-file), DEMO_SLOW_MS, DEMO_FAILING_SHARE. GET /healthz answers without calling anyone.
+DEMO_MAX_AGE (seconds a successful answer may be cached: `Cache-Control: public, max-age`,
+so the gateway's cache serves it meanwhile), DEMO_MODE_FILE (holds `ok`, `slow`, `failing`
+or `down`, read on every request: the demo's fault switch), DEMO_MODE (the mode when there
+is no file), DEMO_SLOW_MS, DEMO_FAILING_SHARE. GET /healthz answers without calling anyone.
 """
 
 from __future__ import annotations
@@ -28,13 +28,7 @@ from typing import Any
 
 SERVICE = os.environ.get("DEMO_SERVICE", "demo")
 CALLS = [c for c in os.environ.get("DEMO_CALLS", "").split(",") if c]
-ROUTES = [
-    (prefix, target)
-    for prefix, _, target in (
-        r.partition("=") for r in os.environ.get("DEMO_ROUTES", "").split(",")
-    )
-    if prefix and target
-]
+MAX_AGE = int(os.environ.get("DEMO_MAX_AGE", "0") or 0)
 SLOW_S = float(os.environ.get("DEMO_SLOW_MS", "400") or 0) / 1000
 FAILING_SHARE = float(os.environ.get("DEMO_FAILING_SHARE", "0.5") or 0)
 PROPAGATED = ("traceparent", "tracestate", "baggage", "b3", "x-b3-traceid", "x-b3-spanid",
@@ -59,13 +53,6 @@ class Mode:
 
 
 MODE = Mode(os.environ.get("DEMO_MODE_FILE"), os.environ.get("DEMO_MODE", "ok"))
-
-
-def upstreams_for(path: str) -> list[str]:
-    for prefix, target in ROUTES:
-        if path == prefix or path.startswith(prefix + "/"):
-            return [target]
-    return CALLS
 
 
 def call(upstream: str, path: str, headers: dict[str, str]) -> tuple[dict[str, Any], bool]:
@@ -108,7 +95,7 @@ class Handler(BaseHTTPRequestHandler):
         forwarded = {h: v for h in PROPAGATED if (v := self.headers.get(h))}
         calls: list[dict[str, Any]] = []
         status = 200
-        for upstream in upstreams_for(self.path):
+        for upstream in CALLS:
             node, ok = call(upstream, self.path, forwarded)
             calls.append(node)
             status = status if ok else 502
@@ -119,6 +106,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
+        if MAX_AGE and status == 200:
+            self.send_header("cache-control", f"public, max-age={MAX_AGE}")
         self.end_headers()
         self.wfile.write(body)
 

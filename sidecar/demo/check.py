@@ -5,8 +5,9 @@
 
 Run from the repository root while `docker compose up` runs in compose/ (standard library
 only: no venv needed). It passes when Jaeger knows every service and holds a trace that
-crosses the whole order path, and Prometheus scrapes every sidecar and sees its request
-counters grow. Until then it asks again, for at most --wait seconds; exit 0 or 1.
+crosses the whole order path, and Prometheus scrapes the gateway and every sidecar and sees
+their request counters grow. Until then it asks again, for at most --wait seconds; exit 0
+or 1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.demo.topology import ENTRY, LOAD_CLIENT, SERVICES, service
+from sidecar.demo.topology import ENTRY, members, service
 
 #: The sidecars the compose file's Prometheus scrapes (job name in compose/prometheus.yml).
 JOB = "mesh-sidecars"
@@ -47,7 +48,7 @@ def order_path() -> set[str]:
 def check_jaeger(base: str) -> list[str]:
     problems = []
     known = set(get_json(f"{base}/api/services").get("data") or [])
-    missing = {s.name for s in SERVICES} - known
+    missing = set(members()) - known
     if missing:
         problems.append(f"jaeger: no spans yet from {', '.join(sorted(missing))}")
     query = urllib.parse.urlencode({"service": ENTRY, "limit": 50, "lookback": "1h"})
@@ -70,16 +71,15 @@ def prometheus_query(base: str, promql: str) -> dict[str, float]:
 
 def check_prometheus(base: str) -> list[str]:
     problems = []
-    expected = {s.name for s in SERVICES} | {LOAD_CLIENT}
     up = prometheus_query(base, f'up{{job="{JOB}"}}')
-    down = sorted(name for name in expected if up.get(name) != 1.0)
+    down = sorted(name for name in members() if up.get(name) != 1.0)
     if down:
         problems.append(f"prometheus: not scraped (up != 1): {', '.join(down)}")
     rates = prometheus_query(
         base,
         f'sum by (service) (rate({{job="{JOB}", __name__=~"{REQUESTS}"}}[1m]))',
     )
-    idle = sorted(s.name for s in SERVICES if rates.get(s.name, 0.0) <= 0)
+    idle = sorted(name for name in members() if rates.get(name, 0.0) <= 0)
     if idle:
         problems.append(f"prometheus: no request counters growing for {', '.join(idle)}")
     return problems

@@ -3,12 +3,13 @@
     python -m sidecar.demo.compose          # (re)write compose/docker-compose.yml and friends
     python -m sidecar.demo.compose --check  # exit 1 when a committed file differs
 
-Writes compose/docker-compose.yml, compose/prometheus.yml and one sidecar config per identity
-under compose/sidecars/. Each service is an app container and a sidecar container sharing
-its network namespace (`network_mode: service:<app>`), so the app still listens on loopback
-only and reaches its sidecar's proxy port there. Identities come from the built-in CA, in
-Consul's trust domain (the one-shot `certs` service); discovery and registration go through
-the Consul dev agent.
+Writes compose/docker-compose.yml, compose/prometheus.yml and one config per identity under
+compose/sidecars/ (each sidecar's, and the gateway's). Each service is an app container and a
+sidecar container sharing its network namespace (`network_mode: service:<app>`), so the app
+still listens on loopback only and reaches its sidecar's proxy port there. The gateway is one
+container with its public port published; the load generator calls it there. Identities come
+from the built-in CA, in Consul's trust domain (the one-shot `certs` service); discovery and
+registration go through the Consul dev agent.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any
 
 import yaml
 
-from sidecar.demo.plan import app_env, sidecar_config
+from sidecar.demo.plan import app_env, gateway_config, sidecar_config
 from sidecar.demo.topology import (
-    ENTRY_KIND,
+    ENTRY,
     FAULTY,
     LOAD_CLIENT,
     SERVICES,
+    members,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +47,8 @@ APP_PORT = 8080
 INBOUND_PORT = 15001
 PROXY_PORT = 15080
 ADMIN_PORT = 15000
+#: The gateway's public HTTP listener, published on the host as the same port.
+GATEWAY_PORT = 8080
 CONSUL = "http://consul:8500"
 #: The load generator's pace and bound (it stops by itself after an hour).
 LOAD_RPS = 5
@@ -78,11 +82,13 @@ def _mesh(**extra: Any) -> dict[str, Any]:
 
 
 def sidecar_file(name: str) -> dict[str, Any]:
-    """The sidecar config compose mounts at /etc/mesh/<name>.yaml."""
+    """The sidecar (or gateway) config compose mounts at /etc/mesh/<name>.yaml."""
     discovery = {"address": CONSUL}
-    if name == LOAD_CLIENT:
-        # `mesh attach` picks its proxy port and hands it to the load in HTTP_PROXY.
-        return sidecar_config(name, "/certs", admin=f"0.0.0.0:{ADMIN_PORT}", consul=discovery)
+    if name == ENTRY:
+        # Admin beyond loopback for Prometheus, as for the sidecars.
+        return gateway_config(
+            "/certs", f"0.0.0.0:{GATEWAY_PORT}", admin=f"0.0.0.0:{ADMIN_PORT}", consul=discovery
+        )
     return sidecar_config(
         name,
         "/certs",
@@ -121,8 +127,6 @@ def _sidecar_depends() -> dict[str, Any]:
 
 
 def services() -> dict[str, Any]:
-    if ENTRY_KIND != "frontend":
-        raise ValueError(f"entry kind {ENTRY_KIND!r}: the compose demo has only `frontend`")
     out: dict[str, Any] = {
         "consul": {
             "image": IMAGES["consul"],
@@ -213,28 +217,33 @@ def services() -> dict[str, Any]:
             depends_on={name: {"condition": "service_healthy"}, **_sidecar_depends()},
             healthcheck=_python_check(f"http://127.0.0.1:{ADMIN_PORT}/ready"),
         )
-    # The load generator runs under `mesh attach`: its sidecar is ready before it starts.
+    # The entry starts after the whole shop (so the load does), and is ready once every
+    # route's service is discovered (passing in Consul).
+    out[ENTRY] = _mesh(
+        command=["mesh", "gateway", "--config", f"/etc/mesh/{ENTRY}.yaml"],
+        environment=TRACING_ENV,
+        volumes=_sidecar_volumes(ENTRY),
+        ports=[f"{GATEWAY_PORT}:{GATEWAY_PORT}"],
+        depends_on={
+            **_sidecar_depends(),
+            **{f"{s.name}-sidecar": {"condition": "service_healthy"} for s in SERVICES},
+        },
+        healthcheck=_python_check(f"http://127.0.0.1:{ADMIN_PORT}/ready"),
+    )
+    # The load generator is an outside client: plain HTTP to the gateway's public port.
     out[LOAD_CLIENT] = _mesh(
         command=[
-            "mesh",
-            "attach",
-            "--config",
-            f"/etc/mesh/{LOAD_CLIENT}.yaml",
-            "--",
             "python",
             "-m",
             "sidecar.demo.load",
+            "--url",
+            f"http://{ENTRY}:{GATEWAY_PORT}",
             "--rps",
             str(LOAD_RPS),
             "--duration",
             str(LOAD_DURATION),
         ],
-        environment=TRACING_ENV,
-        volumes=_sidecar_volumes(LOAD_CLIENT),
-        depends_on={
-            **_sidecar_depends(),
-            **{f"{s.name}-sidecar": {"condition": "service_healthy"} for s in SERVICES},
-        },
+        depends_on={ENTRY: {"condition": "service_healthy"}},
     )
     return out
 
@@ -244,10 +253,9 @@ def compose_file() -> dict[str, Any]:
 
 
 def prometheus_file() -> dict[str, Any]:
-    """Scrape every sidecar's admin listener, labelled with its service."""
+    """Scrape every sidecar's (and the gateway's) admin listener, labelled with its name."""
     targets = [
-        {"targets": [f"{name}:{ADMIN_PORT}"], "labels": {"service": name}}
-        for name in (*(s.name for s in SERVICES), LOAD_CLIENT)
+        {"targets": [f"{name}:{ADMIN_PORT}"], "labels": {"service": name}} for name in members()
     ]
     return {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
@@ -282,7 +290,7 @@ def render() -> dict[Path, str]:
         Path("docker-compose.yml"): _yaml(compose_file()),
         Path("prometheus.yml"): _yaml(prometheus_file()),
     }
-    for name in (*(s.name for s in SERVICES), LOAD_CLIENT):
+    for name in members():
         files[Path("sidecars") / f"{name}.yaml"] = _yaml(sidecar_file(name))
     return files
 

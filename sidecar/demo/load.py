@@ -1,9 +1,9 @@
-"""The demo's load generator: GETs to the entry through the caller's own sidecar, bounded.
+"""The demo's load generator: GETs to the gateway's public listener, bounded.
 
-It is a mesh client like any app: requests go to `http://<entry>/<path>` through a sidecar's
-proxy port, which speaks mTLS to the entry under the load generator's identity. It cycles
-through one path per route so every service sees traffic. The local demo runs `send_load`
-in its own process; the compose demo runs `python -m sidecar.demo.load` under `mesh attach`.
+It is an outside client, as a browser would be: plain HTTP to the one address the mesh
+publishes (`--url`, the gateway), no identity of its own. It cycles through one path per
+route so every service sees traffic. The local demo runs `send_load` in its own process; the
+compose demo runs `python -m sidecar.demo.load --url http://gateway:8080`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import anyio
 import httpcore
 
-from sidecar.demo.topology import ENTRY, LOAD_PATHS
+from sidecar.demo.topology import LOAD_PATHS
 
 #: What one request may take before the load counts it as a timeout.
 TIMEOUTS = {"connect": 5.0, "pool": 5.0, "read": 15.0, "write": 5.0}
@@ -33,7 +32,8 @@ class Stats:
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
-    #: Per path, the last answer's body: the call tree the apps report.
+    #: Per path, the last answer from an app (its body, with the status the gateway sent and
+    #: the time the whole exchange took): the call tree the apps report.
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def count_error(self, kind: str) -> None:
@@ -46,13 +46,14 @@ class Stats:
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
-async def send_one(pool: httpcore.AsyncConnectionPool, path: str, stats: Stats) -> int:
-    """One request; its outcome counted in `stats`. The status, or 0 without a response."""
+async def send_one(pool: httpcore.AsyncConnectionPool, url: str, path: str, stats: Stats) -> int:
+    """One request to `url` + `path`; its outcome counted in `stats`. The status, or 0
+    without a response."""
     started = time.monotonic()
     stats.sent += 1
     status = 0
     try:
-        resp = await pool.request("GET", f"http://{ENTRY}{path}", extensions={"timeout": TIMEOUTS})
+        resp = await pool.request("GET", url + path, extensions={"timeout": TIMEOUTS})
         status = resp.status
         if status == 200:
             stats.ok += 1
@@ -60,7 +61,10 @@ async def send_one(pool: httpcore.AsyncConnectionPool, path: str, stats: Stats) 
             reason = dict(resp.headers).get(b"x-mesh-error", b"app").decode()
             stats.count_error(f"{status} {reason}")
         with contextlib.suppress(ValueError):
-            stats.answers[path] = json.loads(resp.content)
+            answer = json.loads(resp.content)
+            if isinstance(answer, dict) and "service" in answer:
+                ms = round((time.monotonic() - started) * 1000, 1)
+                stats.answers[path] = {**answer, "status": status, "ms": ms}
     except httpcore.TimeoutException:
         stats.count_error("timeout")
     except httpcore.NetworkError as exc:
@@ -69,26 +73,26 @@ async def send_one(pool: httpcore.AsyncConnectionPool, path: str, stats: Stats) 
     return status
 
 
-async def send_load(pool: httpcore.AsyncConnectionPool, rps: float, stats: Stats) -> None:
+async def send_load(pool: httpcore.AsyncConnectionPool, url: str, rps: float, stats: Stats) -> None:
     """Until cancelled: `rps` requests a second, one at a time, cycling through the paths."""
     interval = 1.0 / rps
     while True:
         for path in LOAD_PATHS:
             started = time.monotonic()
-            await send_one(pool, path, stats)
+            await send_one(pool, url, path, stats)
             await anyio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
-def proxy(url: str) -> httpcore.AsyncHTTPProxy:
-    return httpcore.AsyncHTTPProxy(proxy_url=url, max_connections=8)
+def client() -> httpcore.AsyncConnectionPool:
+    return httpcore.AsyncConnectionPool(max_connections=8)
 
 
-async def _run(proxy_url: str, rps: float, duration: float, every: float) -> int:
+async def _run(url: str, rps: float, duration: float, every: float) -> int:
     stats = Stats()
-    async with proxy(proxy_url) as pool:
+    async with client() as pool:
         with anyio.move_on_after(duration):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(send_load, pool, rps, stats)
+                tg.start_soon(send_load, pool, url, rps, stats)
                 while True:
                     await anyio.sleep(every)
                     print(f"load: sent {stats.sent} ok {stats.ok} errors {stats.errors or 'none'}"
@@ -99,14 +103,12 @@ async def _run(proxy_url: str, rps: float, duration: float, every: float) -> int
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--proxy", default=os.environ.get("HTTP_PROXY"), help="sidecar proxy URL")
+    parser.add_argument("--url", required=True, help="the gateway, e.g. http://gateway:8080")
     parser.add_argument("--rps", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=3600.0, help="stop after (s)")
     parser.add_argument("--every", type=float, default=10.0, help="report interval (s)")
     args = parser.parse_args(argv)
-    if not args.proxy:
-        parser.error("--proxy or HTTP_PROXY is required")
-    raise SystemExit(anyio.run(_run, args.proxy, args.rps, args.duration, args.every))
+    raise SystemExit(anyio.run(_run, args.url.rstrip("/"), args.rps, args.duration, args.every))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """`mesh demo`: the demo mesh as local processes, with traffic and a live view.
 
 The mesh is the one in sidecar/demo/topology.py. Each service runs as `mesh attach --config
-<service>.json -- python -m sidecar.demo.app` (its sidecar first, then the app); every hop
-between sidecars is mutual TLS with leaves from the built-in CA, and each sidecar admits
-only the services that call it. The load generator is a mesh client too: a proxy-only
-sidecar under its own identity. Discovery is a static catalog of the sidecars' inbound
-listeners, or, with `--discovery consul` (or `auto` when scripts/install-consul.sh can
-provide an agent), a Consul dev agent the demo starts on free loopback ports.
+<service>.json -- python -m sidecar.demo.app` (its sidecar first, then the app), and the
+entry is the ingress gateway (`mesh gateway --config gateway.json`) routing by path prefix.
+Every hop behind the gateway is mutual TLS with leaves from the built-in CA (the gateway has
+its own), and each sidecar admits only the services that call it. The load generator is an
+outside client: plain HTTP to the gateway's public listener. Discovery is a static catalog
+of the sidecars' inbound listeners, or, with `--discovery consul` (or `auto` when
+scripts/install-consul.sh can provide an agent), a Consul dev agent the demo starts on free
+loopback ports.
 
 The payments switch (`--payments ok|slow|failing|down`, then the keys o/s/f/d + Enter, or writing
 the mode into the file the demo names) makes payments slow or failing while it runs.
@@ -36,15 +38,14 @@ from sidecar.demo import load as loadgen
 from sidecar.demo.certs import issue_all
 from sidecar.demo.consul_agent import DevAgent, find_consul
 from sidecar.demo.load import Stats
-from sidecar.demo.plan import app_env, sidecar_config
+from sidecar.demo.plan import app_env, gateway_config, sidecar_config
 from sidecar.demo.topology import (
     ENTRY,
-    ENTRY_KIND,
     FAULT_MODES,
     FAULTY,
-    LOAD_CLIENT,
     LOAD_PATHS,
     SERVICES,
+    members,
 )
 from sidecar.demo.watch import (
     ServiceLog,
@@ -72,8 +73,12 @@ class Running:
     inbound: int
     admin: int
     process: Process | None = None
-    #: The load generator's sidecar: its proxy port (it has no app and no inbound).
-    proxy: int = 0
+    #: The gateway's public listener (it has no app and no mesh inbound).
+    public: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.public}"
 
 
 def say(text: str) -> None:
@@ -119,7 +124,7 @@ class Launch:
 
 
 def plan_local(workdir: Path, agent: DevAgent | None = None) -> list[Launch]:
-    """Every service (`mesh attach` with its app), then the load generator's sidecar."""
+    """Every service (`mesh attach` with its app), then the gateway."""
     planned = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
     discovery = discovery_keys(workdir, planned, agent)
     certs = str(workdir / "certs")
@@ -134,13 +139,13 @@ def plan_local(workdir: Path, agent: DevAgent | None = None) -> list[Launch]:
                    "--", sys.executable, "-m", "sidecar.demo.app"]  # fmt: skip
         env = app_env(run.name, run.app_port, str(workdir / f"{FAULTY}.mode"))
         launches.append(Launch(run, config, command, env))
-    client = Running(LOAD_CLIENT, 0, 0, free_port(), proxy=free_port())
-    config = sidecar_config(
-        LOAD_CLIENT, certs, proxy_port=client.proxy, admin=f"127.0.0.1:{client.admin}",
+    gateway = Running(ENTRY, 0, 0, free_port(), public=free_port())
+    config = gateway_config(
+        certs, f"127.0.0.1:{gateway.public}", admin=f"127.0.0.1:{gateway.admin}",
         log_level="warning", **discovery,
     )  # fmt: skip
-    command = [mesh, "sidecar", "--config", str(workdir / f"{LOAD_CLIENT}.json")]
-    return [*launches, Launch(client, config, command)]
+    command = [mesh, "gateway", "--config", str(workdir / f"{ENTRY}.json")]
+    return [*launches, Launch(gateway, config, command)]
 
 
 async def start_services(
@@ -153,8 +158,8 @@ async def start_services(
         (workdir / f"{run.name}.json").write_text(json.dumps(launch.config, indent=2))
         run.process = await spawn(workdir, run.name, launch.command, launch.env)
         services.append(run)
-        if run.proxy:
-            say(f"  started {run.name:<14} sidecar proxy :{run.proxy}  admin :{run.admin}  "
+        if run.public:
+            say(f"  started {run.name:<14} public :{run.public}  admin :{run.admin}  "
                 f"(pid {run.process.pid})")  # fmt: skip
         else:
             say(f"  started {run.name:<14} sidecar :{run.inbound}  app :{run.app_port}  "
@@ -190,13 +195,13 @@ async def wait_registered(agent: DevAgent, pool: httpcore.AsyncConnectionPool) -
         say(f"  consul   {names} registered, passing")
 
 
-async def warm_up(client: httpcore.AsyncConnectionPool, stats: Stats) -> None:
+async def warm_up(client: httpcore.AsyncConnectionPool, url: str, stats: Stats) -> None:
     """Until every load path answers through the whole mesh: every caller's sidecar has seen
     its peers (a Consul watch may trail the agent by up to its rate limit, a second)."""
     with anyio.fail_after(30):
         for path in LOAD_PATHS:
             # Nothing to wait on but the mesh's answer: ask again, a tenth of a second apart.
-            while await loadgen.send_one(client, path, stats) != 200:  # noqa: ASYNC110
+            while await loadgen.send_one(client, url, path, stats) != 200:  # noqa: ASYNC110
                 await anyio.sleep(0.1)
 
 
@@ -294,9 +299,9 @@ def draw_tree(stats: Stats) -> list[str]:
     if path is None:
         return []
     answer = stats.answers[path]
-    status = 200 if all(c.get("status") == 200 for c in answer.get("calls") or []) else 502
+    # The gateway passed on the answer of the route's service, which nests its own calls.
     return [f"\n== one request: GET {path} (as the apps reported it)",
-            *call_tree(ENTRY, status, answer)]  # fmt: skip
+            *call_tree(ENTRY, answer["status"], {"calls": [answer]})]  # fmt: skip
 
 
 async def summary(
@@ -311,12 +316,27 @@ async def summary(
         service_log.read()
     say("\n".join(table(logs, live=False)))
     view = await upstream_view(services, pool)
-    say("\n== resilience (each caller's sidecar, from its /clusters)")
+    say(f"\n== resilience (each caller's sidecar and the {ENTRY}, from their /clusters)")
     say(
         "\n".join(resilience_table([state for run in services for state in view.get(run.name, [])]))
     )
+    gateway = next((run for run in services if run.name == ENTRY), None)
+    if gateway is not None:
+        say(await cache_line(gateway, pool))
     for line in draw_tree(stats):
         say(line)
+
+
+async def cache_line(gateway: Running, pool: httpcore.AsyncConnectionPool) -> str:
+    """What the gateway's cache did (its admin /gateway): the cacheable routes' hits."""
+    try:
+        resp = await pool.request(
+            "GET", f"http://127.0.0.1:{gateway.admin}/gateway", extensions={"timeout": ADMIN}
+        )
+        cache = json.loads(resp.content)["cache"]
+        return f"  {ENTRY} cache: hits {cache['hits']}, misses {cache['misses']}"
+    except (httpcore.NetworkError, httpcore.TimeoutException, ValueError, KeyError):
+        return f"  {ENTRY} cache: no answer"
 
 
 async def stop_all(
@@ -378,10 +398,8 @@ async def trust_domain(agent: DevAgent | None, pool: httpcore.AsyncConnectionPoo
 async def start_mesh(
     mesh: Mesh, discovery: str, workdir: Path, pool: httpcore.AsyncConnectionPool
 ) -> Running:
-    """Start the agent (if any), issue identities, start every service and the load
-    generator's sidecar; return the latter once all are ready."""
-    if ENTRY_KIND != "frontend":
-        raise RuntimeError(f"entry kind {ENTRY_KIND!r}: the local demo starts only `frontend`")
+    """Start the agent (if any), issue identities, start every service and the gateway;
+    return the latter once all are ready."""
     mesh.agent = agent = await start_agent(discovery, workdir)
     if agent is not None:
         await agent.start(pool)
@@ -389,7 +407,8 @@ async def start_mesh(
         say(f"  started consul agent {agent.address}  (pid {agent.process.pid})")
     domain = await trust_domain(agent, pool)
     issue_all(workdir / "ca", workdir / "certs", domain)
-    say(f"  mTLS     a root for {domain} and a leaf per service (in {workdir / 'certs'})")
+    say(f"  mTLS     a root for {domain}, a leaf for the {ENTRY} and each service "
+        f"(in {workdir / 'certs'})")  # fmt: skip
     await start_services(workdir, mesh.services, agent)
     await wait_ready(mesh.services, pool)
     if agent is not None:
@@ -401,12 +420,13 @@ async def run_demo(
     duration: float, rps: float, discovery: str = "static", payments: str = "ok"
 ) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
-    say(f"== mesh demo: {len(SERVICES)} services, each behind its sidecar (logs in {workdir})")
+    say(f"== mesh demo: {len(SERVICES)} services, each behind its sidecar, and the {ENTRY} "
+        f"in front (logs in {workdir})")  # fmt: skip
     mesh = Mesh()
     stats = Stats()
     switch = Switch(workdir / f"{FAULTY}.mode")
     switch.set("ok")
-    logs = [ServiceLog(s.name, workdir / f"{s.name}.log") for s in SERVICES]
+    logs = [ServiceLog(name, workdir / f"{name}.log") for name in members()]
     stop = anyio.Event()
     failed = False
     async with anyio.create_task_group() as outer:
@@ -416,16 +436,22 @@ async def run_demo(
             try:
                 with anyio.CancelScope() as running:
                     outer.start_soon(_cancel_when, stop, running)
-                    client = await start_mesh(mesh, discovery, workdir, pool)
-                    async with loadgen.proxy(f"http://127.0.0.1:{client.proxy}") as proxy:
-                        await warm_up(proxy, Stats())
+                    gateway = await start_mesh(mesh, discovery, workdir, pool)
+                    async with loadgen.client() as client:
+                        warm = Stats()
+                        await warm_up(client, gateway.url, warm)
+                        for service_log in logs:
+                            service_log.restart()
+                        say(f"  warm-up  every route answers through the {ENTRY} "
+                            f"({warm.sent} requests, {warm.sent - warm.ok} not 200); "
+                            "the numbers below count from here")  # fmt: skip
                         switch.set(payments)
-                        say(f"== sending {rps:g} req/s to {ENTRY} as {LOAD_CLIENT}; "
+                        say(f"== sending {rps:g} req/s to the {ENTRY} at {gateway.url}; "
                             f"{FAULTY}: {payments}; Ctrl-C to stop")  # fmt: skip
                         say(f"   {FAULTY} switch: o, s, f or d + Enter (ok, slow, failing, "
                             f"down), or `echo failing > {switch.path}`\n")  # fmt: skip
                         async with anyio.create_task_group() as tg:
-                            tg.start_soon(loadgen.send_load, proxy, rps, stats)
+                            tg.start_soon(loadgen.send_load, client, gateway.url, rps, stats)
                             tg.start_soon(live_view, logs, stats, switch, mesh.services, pool)
                             tg.start_soon(keys, switch)
                             with anyio.move_on_after(duration if duration > 0 else None):

@@ -1,8 +1,8 @@
-"""Each demo sidecar's config, made from the topology for both the local and compose demos.
+"""Each demo process's config, made from the topology for both the local and compose demos.
 
 Only where things live differs between the two (ports, addresses, file paths); what a
-sidecar is (its service, mTLS, who may call it) comes from here, so a test can check that
-both demos give every sidecar the same policy.
+sidecar or the gateway is (its identity, mTLS, who may call it, its routes) comes from
+here, so a test can check that both demos give every process the same policy.
 """
 
 from __future__ import annotations
@@ -11,20 +11,19 @@ from typing import Any
 
 from sidecar.demo.topology import (
     ENTRY,
+    ENTRY_ROUTES,
     FAILING_SHARE,
     FAULTY,
-    LOAD_CLIENT,
-    ROUTES,
-    SERVICES,
     SLOW_MS,
     callers,
+    members,
     service,
 )
 
 
 def identities() -> tuple[str, ...]:
-    """Every identity the demo's CA issues: each service, and the load generator."""
-    return (*(s.name for s in SERVICES), LOAD_CLIENT)
+    """Every identity the demo's CA issues: the gateway and each service."""
+    return members()
 
 
 def tls_files(certs_root: str, name: str) -> dict[str, str]:
@@ -33,7 +32,7 @@ def tls_files(certs_root: str, name: str) -> dict[str, str]:
 
 
 def sidecar_config(name: str, certs_root: str, **where: Any) -> dict[str, Any]:
-    """One sidecar's config: mTLS, and authorization that matches the call graph.
+    """One service's sidecar config: mTLS, and authorization that matches the call graph.
 
     `where` adds the deployment's keys (ports, discovery, admin address).
     """
@@ -43,23 +42,42 @@ def sidecar_config(name: str, certs_root: str, **where: Any) -> dict[str, Any]:
         # The demo's apps call only mesh services: anything else is refused at once.
         "passthrough": "deny",
         "tls": tls_files(certs_root, name),
+        # Deny by default; allow exactly the services (and the gateway) that call this one.
+        "authorization": {"default": "deny", "allow": list(callers(name))},
     }
-    if name != LOAD_CLIENT:
-        # Deny by default; allow exactly the services that call this one.
-        config["authorization"] = {"default": "deny", "allow": list(callers(name))}
+    config.update(where)
+    return config
+
+
+def gateway_config(certs_root: str, listen: str, **where: Any) -> dict[str, Any]:
+    """The gateway's config (`mesh gateway`): public HTTP on `listen`, the topology's routes,
+    mTLS to the shop under its own identity. `where` adds discovery and the admin address."""
+    routes = [
+        {"name": route.service, "prefix": route.prefix, "service": route.service,
+         "cache": route.cache}
+        for route in ENTRY_ROUTES
+    ]  # fmt: skip
+    config: dict[str, Any] = {
+        "service": ENTRY,
+        "access_log": True,
+        "tls": tls_files(certs_root, ENTRY),
+        "ingress": {"listen": listen},
+        "routes": routes,
+    }
     config.update(where)
     return config
 
 
 def app_env(name: str, app_port: int, mode_file: str) -> dict[str, str]:
     """An app's environment: who it is, whom it calls, and (payments) its fault switch."""
+    spec = service(name)
     env = {
         "DEMO_SERVICE": name,
         "DEMO_PORT": str(app_port),
-        "DEMO_CALLS": ",".join(service(name).calls),
+        "DEMO_CALLS": ",".join(spec.calls),
     }
-    if name == ENTRY:
-        env["DEMO_ROUTES"] = ",".join(f"{prefix}={target}" for prefix, target in ROUTES)
+    if spec.max_age:
+        env["DEMO_MAX_AGE"] = str(spec.max_age)
     if name == FAULTY:
         env |= {
             "DEMO_MODE_FILE": mode_file,

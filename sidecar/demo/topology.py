@@ -8,46 +8,49 @@ and a test checks the committed compose file against it, so they cannot drift.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 
 @dataclass(frozen=True)
 class DemoService:
     name: str
-    #: Services this one calls on every request (the entry: the one its route picks).
+    #: Services this one calls on every request.
     calls: tuple[str, ...] = ()
+    #: Seconds its answers may be cached (`Cache-Control: public, max-age`); 0: not at all.
+    max_age: int = 0
 
 
-#: Who receives outside traffic. `frontend` is a small app behind its own sidecar that routes
-#: by path prefix; switch to "gateway" once `mesh gateway` can take its place.
-ENTRY_KIND: Literal["frontend", "gateway"] = "frontend"
+#: The mesh's entry: the ingress gateway (`mesh gateway`), the one address outside clients
+#: (the load generator) know. It calls the shop over mTLS under this identity.
+ENTRY = "gateway"
 
-#: Path prefix -> service, as the entry routes (the gateway gets the same table).
-ROUTES: tuple[tuple[str, str], ...] = (
-    ("/users", "users"),
-    ("/products", "products"),
-    ("/orders", "orders"),
+
+@dataclass(frozen=True)
+class EntryRoute:
+    """One of the gateway's routes: a path prefix and the service it goes to."""
+
+    prefix: str
+    service: str
+    #: The gateway caches the service's answers (those with an explicit lifetime).
+    cache: bool = False
+
+
+#: The gateway's route table.
+ENTRY_ROUTES: tuple[EntryRoute, ...] = (
+    EntryRoute("/users", "users"),
+    EntryRoute("/products", "products", cache=True),
+    EntryRoute("/orders", "orders"),
 )
 
-#: The shop behind the entry.
-SHOP: tuple[DemoService, ...] = (
+#: The shop behind the entry: each service an app with its own sidecar.
+SERVICES: tuple[DemoService, ...] = (
     DemoService("users"),
-    DemoService("products"),
+    DemoService("products", max_age=1),
     DemoService("orders", ("products", "payments")),
     DemoService("payments", ("notifications",)),
     DemoService("notifications"),
 )
 
-#: The entry first, then the shop.
-SERVICES: tuple[DemoService, ...] = (
-    (DemoService("frontend", tuple(service for _, service in ROUTES)), *SHOP)
-    if ENTRY_KIND == "frontend"
-    else SHOP
-)
-
-ENTRY = "frontend" if ENTRY_KIND == "frontend" else "gateway"
-
-#: The load generator's identity: a mesh client (proxy-mode sidecar, no inbound).
+#: The load generator: an outside client of the gateway's public listener (no identity).
 LOAD_CLIENT = "loadgen"
 
 #: The paths the load generator cycles through: one per route, so every service sees traffic.
@@ -67,12 +70,17 @@ def service(name: str) -> DemoService:
     return next(s for s in SERVICES if s.name == name)
 
 
+def members() -> tuple[str, ...]:
+    """Every process with a mesh identity, an access log and metrics: the gateway, then
+    the shop's sidecars."""
+    return (ENTRY, *(s.name for s in SERVICES))
+
+
 def edges() -> set[tuple[str, str]]:
-    """Every (caller, callee) pair of the mesh: the entry to each route's service (whichever
-    kind the entry is), the shop's calls, and the load generator to the entry."""
-    pairs = {(ENTRY, target) for _, target in ROUTES}
-    pairs |= {(s.name, c) for s in SHOP for c in s.calls}
-    return pairs | {(LOAD_CLIENT, ENTRY)}
+    """Every (caller, callee) pair of the mesh over mTLS: the gateway to each route's
+    service, and the shop's calls."""
+    pairs = {(ENTRY, route.service) for route in ENTRY_ROUTES}
+    return pairs | {(s.name, c) for s in SERVICES for c in s.calls}
 
 
 def callers(name: str) -> tuple[str, ...]:

@@ -47,6 +47,14 @@ class ServiceLog:
         while self.recent and self.recent[0][0] < now - WINDOW:
             self.recent.popleft()
 
+    def restart(self) -> None:
+        """Take in what was written so far, then count from zero: the numbers are the load's,
+        not the warm-up's (whose first requests may race a Consul watch)."""
+        self.read()
+        self.requests = 0
+        self.errors.clear()
+        self.recent.clear()
+
     def _record(self, line: bytes, now: float) -> None:
         try:
             entry: dict[str, Any] = json.loads(line)

@@ -41,7 +41,7 @@ class App:
             "DEMO_SERVICE": "payments",
             "DEMO_PORT": str(port),
             "DEMO_CALLS": "users,notifications",
-            "DEMO_ROUTES": "/users=users",
+            "DEMO_MAX_AGE": "5",
             "DEMO_MODE_FILE": str(mode_file),
             "DEMO_SLOW_MS": "300",
             "DEMO_FAILING_SHARE": "1",
@@ -54,11 +54,17 @@ class App:
         self.proc = subprocess.Popen([sys.executable, "-m", "sidecar.demo.app"], env=env)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        status, body, _ = self.exchange(path, headers)
+        return status, body
+
+    def exchange(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, http.client.HTTPMessage]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request("GET", path, headers=headers or {})
             resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
+            return resp.status, json.loads(resp.read()), resp.headers
         finally:
             conn.close()
 
@@ -94,10 +100,16 @@ def test_trace_headers_are_forwarded_on_every_call(app: tuple[App, RecordingUpst
         assert request.header("x-unrelated") is None
 
 
-def test_a_route_calls_only_its_service(app: tuple[App, RecordingUpstream]) -> None:
+def test_only_successful_answers_say_how_long_they_may_be_cached(
+    app: tuple[App, RecordingUpstream],
+) -> None:
     demo, upstream = app
-    assert demo.get("/users/42")[0] == 200
-    assert [r.target for r in upstream.requests] == ["http://users/users/42"]
+    status, _, headers = demo.exchange("/products/7")
+    assert status == 200 and headers["cache-control"] == "public, max-age=5"
+    assert upstream.requests[0].target == "http://users/products/7"
+    demo.mode_file.write_text("down\n")
+    status, _, headers = demo.exchange("/products/7")
+    assert status == 503 and headers["cache-control"] is None
 
 
 def test_the_switch_makes_it_fail_then_down_then_slow_then_well_again(

@@ -17,11 +17,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from sidecar.demo import check
-from sidecar.demo.topology import LOAD_CLIENT, SERVICES
+from sidecar.demo.topology import members
 
 pytestmark = pytest.mark.timeout(20)
 
-NAMES = [s.name for s in SERVICES]
+NAMES = list(members())
 
 
 class Backend:
@@ -30,7 +30,7 @@ class Backend:
     def __init__(self) -> None:
         self.services = list(NAMES)
         self.trace_services = list(NAMES)
-        self.up = dict.fromkeys([*NAMES, LOAD_CLIENT], "1")
+        self.up = dict.fromkeys(NAMES, "1")
         self.rates = dict.fromkeys(NAMES, "2.5")
         self.queries: list[str] = []
 
@@ -88,7 +88,7 @@ def test_a_healthy_demo_passes(
     state, url = backend
     code, out = run(url, capsys)
     assert code == 0, out
-    assert out.startswith("ok: traces cross frontend, notifications, orders, payments, products")
+    assert out.startswith("ok: traces cross gateway, notifications, orders, payments, products")
     assert any('job="mesh-sidecars"' in q for q in state.queries)
 
 
@@ -103,7 +103,7 @@ def test_missing_spans_scrapes_and_traffic_are_named(
     code, out = run(url, capsys)
     assert code == 1
     assert "jaeger: no spans yet from notifications" in out
-    assert "jaeger: none of 1 traces from frontend crosses" in out
+    assert "jaeger: none of 1 traces from gateway crosses" in out
     assert "prometheus: not scraped (up != 1): users" in out
     assert "prometheus: no request counters growing for orders" in out
 

@@ -20,7 +20,8 @@ import yaml
 
 from sidecar.config import build
 from sidecar.demo import compose, local
-from sidecar.demo.topology import ENTRY, FAULTY, LOAD_CLIENT, SERVICES, edges
+from sidecar.demo.topology import ENTRY, FAULTY, LOAD_CLIENT, SERVICES, edges, members
+from sidecar.gateway_config import GatewayConfig
 from tests.support.processes import REPO
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,29 +63,42 @@ def test_docker_compose_accepts_the_file() -> None:
 
 
 def test_compose_mesh_is_the_local_demos_mesh(tmp_path: Path) -> None:
-    """Same processes, same calls, same routes, same switch, same sidecar policies."""
+    """Same processes, same calls, same gateway routes, same switch, same policies."""
     services = resolved_compose()["services"]
     launches = {launch.run.name: launch for launch in local.plan_local(tmp_path)}
     apps = {name for name in services if name not in INFRA and not name.endswith("-sidecar")}
-    assert apps == set(launches) == {s.name for s in SERVICES} | {LOAD_CLIENT}
+    assert set(launches) == set(members()) == {ENTRY} | {s.name for s in SERVICES}
+    # Locally the load runs inside the demo's own process; in compose, in its own container.
+    assert apps == set(launches) | {LOAD_CLIENT}
 
     def calls(env: dict[str, str]) -> set[str]:
         return {c for c in env.get("DEMO_CALLS", "").split(",") if c}
 
-    compose_edges = {(n, c) for n in apps for c in calls(services[n].get("environment", {}))}
-    local_edges = {(n, c) for n, launch in launches.items() for c in calls(launch.env)}
-    load_edge = {(LOAD_CLIENT, ENTRY)}
-    assert compose_edges | load_edge == local_edges | load_edge == edges()
-    compose_env, local_env = services[ENTRY]["environment"], launches[ENTRY].env
-    assert compose_env["DEMO_ROUTES"] == local_env["DEMO_ROUTES"]
+    def routes(config: dict[str, Any]) -> set[tuple[str, str]]:
+        return {(ENTRY, route["service"]) for route in config["routes"]}
+
+    in_compose = {
+        name: yaml.safe_load((COMPOSE_DIR / "sidecars" / f"{name}.yaml").read_text())
+        for name in launches
+    }
+    shop = {s.name for s in SERVICES}
+    compose_edges = {(n, c) for n in shop for c in calls(services[n].get("environment", {}))}
+    local_edges = {(n, c) for n in shop for c in calls(launches[n].env)}
+    assert compose_edges | routes(in_compose[ENTRY]) == edges()
+    assert local_edges | routes(launches[ENTRY].config) == edges()
     assert services[FAULTY]["environment"]["DEMO_MODE"] == "ok"  # PAYMENTS_MODE unset
     assert "DEMO_MODE_FILE" in services[FAULTY]["environment"]
     assert "DEMO_MODE_FILE" in launches[FAULTY].env
     for name, launch in launches.items():
-        in_compose = yaml.safe_load((COMPOSE_DIR / "sidecars" / f"{name}.yaml").read_text())
-        for key in ("service", "authorization", "passthrough", "access_log"):
-            assert in_compose.get(key) == launch.config.get(key), (name, key)
-        assert set(in_compose["tls"]) == set(launch.config["tls"])
+        for key in ("service", "authorization", "passthrough", "access_log", "routes"):
+            assert in_compose[name].get(key) == launch.config.get(key), (name, key)
+        assert set(in_compose[name]["tls"]) == set(launch.config["tls"])
+    # The gateway alone is published; the load calls it at that port, as a client outside.
+    gateway_port = int(in_compose[ENTRY]["ingress"]["listen"].rsplit(":", 1)[1])
+    published = [(p["published"], p["target"]) for p in services[ENTRY]["ports"]]
+    assert [(str(a), int(b)) for a, b in published] == [(str(gateway_port), gateway_port)]
+    assert f"http://{ENTRY}:{gateway_port}" in services[LOAD_CLIENT]["command"]
+    assert all("ports" not in services[n] for n in apps - {ENTRY})
 
 
 def test_each_sidecar_shares_its_apps_network_and_starts_after_what_it_needs() -> None:
@@ -102,8 +116,15 @@ def test_each_sidecar_shares_its_apps_network_and_starts_after_what_it_needs() -
         assert "healthcheck" in sidecar and "healthcheck" in services[spec.name]
         # The app listens on loopback (its default): only its sidecar reaches it.
         assert "DEMO_HOST" not in services[spec.name]["environment"]
-    load = services[LOAD_CLIENT]["depends_on"]
-    assert all(load[f"{s.name}-sidecar"]["condition"] == "service_healthy" for s in SERVICES)
+    gateway = {name: dep["condition"] for name, dep in services[ENTRY]["depends_on"].items()}
+    assert gateway == {
+        **{f"{s.name}-sidecar": "service_healthy" for s in SERVICES},
+        "consul": "service_healthy",
+        "certs": "service_completed_successfully",
+        "jaeger": "service_started",
+    }
+    assert "healthcheck" in services[ENTRY]
+    assert services[LOAD_CLIENT]["depends_on"] == {ENTRY: {"condition": "service_healthy"}}
     assert services["certs"]["depends_on"]["consul"]["condition"] == "service_healthy"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
@@ -117,7 +138,9 @@ def test_sidecar_configs_are_valid_and_authorize_exactly_the_call_graph() -> Non
         assert config.authorization.default == "deny"
         allowed |= {(caller, spec.name) for caller in config.authorization.allow}
     assert allowed == edges()
-    assert build(COMPOSE_DIR / "sidecars" / f"{LOAD_CLIENT}.yaml", {}, environ={}).tls
+    gateway = build(COMPOSE_DIR / "sidecars" / f"{ENTRY}.yaml", {}, environ={}, model=GatewayConfig)
+    assert isinstance(gateway, GatewayConfig) and gateway.tls is not None
+    assert gateway.service == ENTRY and gateway.consul.address == compose.CONSUL
 
 
 def test_images_are_pinned_and_grafana_is_provisioned_from_the_repo() -> None:
@@ -142,5 +165,5 @@ def test_prometheus_scrapes_every_sidecar() -> None:
         for job in config["scrape_configs"]
         for t in job["static_configs"]
     }
-    assert set(targets) == {s.name for s in SERVICES} | {LOAD_CLIENT}
+    assert set(targets) == set(members())
     assert all(t == [f"{name}:{compose.ADMIN_PORT}"] for name, t in targets.items())

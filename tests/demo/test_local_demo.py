@@ -1,10 +1,12 @@
-"""`mesh demo` as a user sees it: mTLS and authorization on every hop, the payments switch.
+"""`mesh demo` as a user sees it: the gateway in front, mTLS and authorization behind it,
+the payments switch.
 
-The demo is started as a real process (every service a `mesh attach` with its app, the load
-generator behind its own sidecar). Through the load generator's proxy port a test calls the
-mesh as the `loadgen` identity would; flipping payments to failing shows up in the live view
-and in the summary (retries when it fails half the time, an ejection when it is down); and
-after the run, or SIGINT, no process of the demo is left.
+The demo is started as a real process (every service a `mesh attach` with its app, the
+ingress gateway in front, the load sent to the gateway's public listener). A test calls the
+gateway as an outside client and the sidecars with the gateway's own identity; flipping
+payments to failing shows up in the live view and in the summary (retries when it fails half
+the time, an ejection when it is down); and after the run, or SIGINT, no process of the demo
+is left.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import http.client
 import re
 import signal
 import socket
+import ssl
 from pathlib import Path
 
 import pytest
 
-from sidecar.demo.topology import FAULTY, SERVICES
+from sidecar.demo.topology import ENTRY, FAULTY, members
 from tests.sidecar.helpers import descendants, start_time, still_running, stop_leftovers
 from tests.support.processes import MeshProcess, wait_until
 
@@ -77,10 +80,29 @@ def resilience_row(text: str, caller: str, upstream: str) -> tuple[int, int, int
     return int(row[1]), int(row[2]), int(row[3]), row[4]
 
 
-def get_via(proxy_port: int, url: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
+def port_of(text: str, pattern: str) -> int:
+    found = re.search(pattern, text)
+    assert found is not None, text
+    return int(found[1])
+
+
+def identity(certs: Path) -> ssl.SSLContext:
+    """A client presenting the leaf in `certs` (mesh names are SPIFFE IDs, not host names)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(certs / "roots.pem")
+    context.load_cert_chain(certs / "cert.pem", certs / "key.pem")
+    return context
+
+
+def get(port: int, path: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
+    conn = (
+        http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        if context is None
+        else http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    )
     try:
-        conn.request("GET", url)
+        conn.request("GET", path)
         resp = conn.getresponse()
         resp.read()
         return resp.status, resp.headers.get("x-mesh-error", "")
@@ -100,31 +122,41 @@ def test_payments_failing_shows_retries_errors_and_the_call_tree(
     # The failure stays on the order path: the other services answered every request.
     for name in ("users", "products", "notifications"):
         assert service_row(text, name)[1] == 0, text
-    for spec in SERVICES:
-        assert service_row(text, spec.name)[0] > 0, text
+    for name in members():
+        assert service_row(text, name)[0] > 0, text
     # The callers' sidecars retried the 503s (half the retries succeed).
     retries, _, _, _ = resilience_row(text, "orders", FAULTY)
     assert retries > 0, text
+    # /products answers may be cached for a second: the gateway served some from its cache.
+    cache = re.search(rf"{ENTRY} cache: hits (\d+), misses (\d+)", text)
+    assert cache is not None and int(cache[1]) > 0 and int(cache[2]) > 0, text
     tree = text[text.index("== one request: GET /orders") :]
     assert re.search(r"└─ orders \d{3}", tree) and re.search(r"─ payments \d{3}", tree), tree
 
 
-def test_mtls_authorization_and_the_runtime_switch_then_sigint(
+def test_the_gateway_in_front_mtls_behind_it_the_runtime_switch_then_sigint(
     tmp_path: Path, procs: list[MeshProcess]
 ) -> None:
     demo = Demo(tmp_path, procs)
     demo.wait_for("load:")
     text = demo.output()
-    proxy_port = int(re.search(r"started loadgen\s+sidecar proxy :(\d+)", text)[1])  # type: ignore[index]
-    entry_port = int(re.search(r"started frontend\s+sidecar :(\d+)", text)[1])  # type: ignore[index]
+    public = port_of(text, rf"started {ENTRY}\s+public :(\d+)")
+    users = port_of(text, r"started users\s+sidecar :(\d+)")
+    payments = port_of(text, rf"started {FAULTY}\s+sidecar :(\d+)")
+    workdir = Path(re.search(r"\(logs in (\S+)\)", text)[1])  # type: ignore[index]
     mode_file = Path(re.search(r"`echo failing > (\S+)`", text)[1])  # type: ignore[index]
 
-    # The load generator's identity may call the entry, and nothing else.
-    assert get_via(proxy_port, "http://frontend/users/1") == (200, "")
-    assert get_via(proxy_port, "http://payments/") == (403, "forbidden")
-    # The entry's sidecar speaks only TLS: a plain HTTP request gets no HTTP answer.
-    with socket.create_connection(("127.0.0.1", entry_port), timeout=5) as plain:
-        plain.sendall(b"GET / HTTP/1.1\r\nHost: frontend\r\n\r\n")
+    # Outside clients reach the shop through the gateway's routes, and nothing else.
+    assert f"sending 20 req/s to the {ENTRY} at http://127.0.0.1:{public}" in text
+    assert get(public, "/users/1") == (200, "")
+    assert get(public, "/payments/1") == (404, "route-not-found")
+    # Behind it, the gateway's identity may call what its routes reach, and no more.
+    as_gateway = identity(workdir / "certs" / ENTRY)
+    assert get(users, "/users/1", as_gateway) == (200, "")
+    assert get(payments, "/charge", as_gateway) == (403, "forbidden")
+    # A sidecar speaks only TLS: a plain HTTP request gets no HTTP answer.
+    with socket.create_connection(("127.0.0.1", users), timeout=5) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: users\r\n\r\n")
         try:
             answer = plain.recv(64)
         except ConnectionResetError:

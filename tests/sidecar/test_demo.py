@@ -2,7 +2,7 @@
 
 Run for a fixed duration, or until SIGINT (Ctrl-C): it exits 0 with a summary of the
 requests that succeeded, says "all demo processes stopped", and every process it started
-(each service's `mesh attach` and the app under it) is gone afterwards.
+(each service's `mesh attach` and the app under it, and the gateway) is gone afterwards.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo.topology import SERVICES
+from sidecar.demo.topology import ENTRY, SERVICES, members
 from tests.sidecar.helpers import descendants, start_time, still_running, stop_leftovers
 from tests.support.processes import MeshProcess, wait_until
 
 pytestmark = pytest.mark.timeout(45)
 
-#: One `mesh attach` per service and the app it runs, and the load generator's sidecar.
+#: One `mesh attach` per service and the app it runs, and the gateway (`mesh gateway`).
 EXPECTED_CHILDREN = 2 * len(SERVICES) + 1
 
 
@@ -55,9 +55,9 @@ def assert_clean_finish(demo: MeshProcess, started: dict[int, int]) -> None:
     assert ok > 0, text
     assert sent - 1 <= ok <= sent, text
     assert summary[3] == "none", text
-    # Every service was reached through the entry, and none answered an error.
-    for service in SERVICES:
-        row = re.search(rf"^  {service.name}\s+(\d+)\s+(\d+)  ", text, re.MULTILINE)
+    # Every service was reached through the gateway, and none answered an error.
+    for name in members():
+        row = re.search(rf"^  {name}\s+(\d+)\s+(\d+)  ", text, re.MULTILINE)
         assert row is not None and int(row[1]) > 0 and int(row[2]) == 0, text
     assert text.rstrip().endswith("all demo processes stopped"), text
     left = [pid for pid, start in started.items() if still_running(pid, start)]
@@ -73,9 +73,9 @@ def test_demo_with_duration_reports_and_stops_everything(
     assert len(started) == EXPECTED_CHILDREN, started
     demo.proc.wait(30)
     text = output(demo)
-    for service in SERVICES:
-        assert re.search(rf"started {service.name}\s", text), text
-        assert re.search(rf"ready\s+{service.name}\b", text), text
+    for name in members():
+        assert re.search(rf"started {name}\s", text), text
+        assert re.search(rf"ready\s+{name}\b", text), text
     assert re.search(r"load:\s+\d+ req/s", text), text
     assert_clean_finish(demo, started)
 
@@ -96,8 +96,8 @@ def test_demo_sigterm_during_start_up_leaves_no_process_behind(
 ) -> None:
     demo = MeshProcess(["demo", "--rps", "10"], tmp_path, name="demo-early-term")
     procs.append(demo)
-    last = SERVICES[-1].name
-    wait_until(lambda: f"started {last}" in output(demo), 20, "every service to start")
+    # The gateway starts last, after every service.
+    wait_until(lambda: f"started {ENTRY}" in output(demo), 20, "every process to start")
     started = {pid: t for pid in descendants(demo.proc.pid) if (t := start_time(pid))}
     demo.signal(signal.SIGTERM)
     assert "== sending" not in output(demo), "the load already runs: too late to test start-up"
