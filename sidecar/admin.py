@@ -8,6 +8,7 @@ Bound to loopback by default: it reveals topology and, later, takes control acti
     GET /clusters   every upstream: endpoints, identities, pools, in-flight requests
     GET /listeners  every listener: open, active and refused connections
     GET /certs      this sidecar's certificate: identity, serial, expiry, reloads
+    GET /tracing    spans recorded, exported, failed and dropped (queue full)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.http1.message import Request, Response
+from sidecar.tracing_wiring import statistics as tracing_statistics
 
 if TYPE_CHECKING:
     from sidecar.runtime import Sidecar
@@ -40,6 +42,7 @@ class Admin:
             b"/certs": lambda: json_response(
                 200, sidecar.tls.statistics() if sidecar.tls is not None else {"mtls": False}
             ),
+            b"/tracing": lambda: json_response(200, tracing_statistics(sidecar.config)),
         }
 
     async def handle(self, request: Request) -> Response:

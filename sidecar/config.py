@@ -25,6 +25,7 @@ from pydantic import (
 
 from mesh.identity.authorize import StaticAuthorizer
 from mesh.policy import BalancePolicy, HttpLimits, PoolPolicy, TimeoutPolicy
+from sidecar.tracing_config import AccessLogFieldsConfig, TracingConfig
 
 Port = int
 
@@ -179,6 +180,8 @@ class SidecarConfig(_Model):
     consul: ConsulConfig = ConsulConfig()
     tls: TlsConfig | None = None
     authorization: AuthorizationConfig = AuthorizationConfig()
+    tracing: TracingConfig = TracingConfig()
+    access_log_fields: AccessLogFieldsConfig = AccessLogFieldsConfig()
 
     @field_validator("listen", "admin")
     @classmethod

@@ -1,9 +1,10 @@
 """The one visible place where each direction's layer stack is composed.
 
-    outbound: Rescue -> AccessLog -> ForwardedHeaders -> [proxy port: Route]
-                 -> per service: Deadline -> Balance -> Connect
-    inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [mTLS: Authorize -> ClientCertHeader]
-                 -> Deadline -> Balance -> Connect(app)
+    outbound: Rescue -> AccessLog -> ForwardedHeaders -> [tracing: TraceOutbound]
+                 -> [proxy port: Route]
+                 -> per service: Deadline -> Balance -> [tracing: TraceAttempt] -> Connect
+    inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [tracing: TraceServer]
+                 -> [mTLS: Authorize -> ClientCertHeader] -> Deadline -> Balance -> Connect(app)
 
 Stacks are built once per listener and once per upstream service when config or discovery
 brings it, never per request.
@@ -26,6 +27,7 @@ from mesh.layers.forwarding import ForwardedHeaders
 from mesh.layers.noop import Noop
 from mesh.layers.rescue import Rescue
 from mesh.stack import Handler, LayerFactory, compose
+from sidecar import tracing_wiring
 from sidecar.config import SidecarConfig
 
 
@@ -39,8 +41,10 @@ def edge_layers(config: SidecarConfig, direction: str) -> Sequence[LayerFactory]
     """Layers every request of a listener passes, outermost first."""
     layers: list[LayerFactory] = [Rescue]
     if config.access_log:
-        layers.append(lambda inner: AccessLog(inner, direction))
+        fields = tracing_wiring.log_fields(config)
+        layers.append(lambda inner: AccessLog(inner, direction, fields=fields))
     layers.append(ForwardedHeaders)
+    layers.extend(tracing_wiring.edge_layers(config, direction))
     layers.extend(_noop_layers())
     return layers
 
@@ -53,6 +57,7 @@ def cluster_stack(config: SidecarConfig, cluster: Cluster, timeout: float) -> Ha
         [
             lambda inner: Deadline(inner, timeout),
             lambda inner: Balance(inner, cluster, balancer),
+            *tracing_wiring.attempt_layers(config),
         ],
     )
 

@@ -1,0 +1,61 @@
+"""One CLIENT span per attempt, right above the connection: it sees the endpoint chosen for
+this attempt and is repeated by the Retry layer above it, so each retry is its own span
+(`http.request.resend_count`), with the proxy's reason when the attempt failed.
+
+The span ends when the response head arrives (or the attempt fails): a retried attempt's
+response is never streamed, so its end could not be taken later.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mesh.errors import MeshError
+from mesh.http1.message import Request, Response
+from mesh.respond import INTERNAL_REASON
+from mesh.stack import Handler
+from mesh.tracing.context import new_span_id
+from mesh.tracing.propagation import inject, without_trace_headers
+from mesh.tracing.recorder import CLIENT
+from mesh.tracing.tracer import Tracer
+
+
+class TraceAttempt:
+    def __init__(self, inner: Handler, tracer: Tracer) -> None:
+        self.inner = inner
+        self.tracer = tracer
+
+    async def handle(self, request: Request) -> Response:
+        context = request.trace
+        # Inbound requests have their SERVER span; unsampled ones carry their headers already.
+        if context is None or context.inbound or not context.sampled:
+            return await self.inner.handle(request)
+        tracer = self.tracer
+        resend = context.attempts
+        context.attempts = resend + 1
+        context.recorded = True
+        span_id = context.span_id = new_span_id()
+        headers = without_trace_headers(request.headers)
+        inject(headers, context, tracer.formats)
+        request.headers = headers
+        endpoint = request.endpoint
+        peer = endpoint.address if endpoint is not None else ""
+        start = time.time_ns()
+        try:
+            response = await self.inner.handle(request)
+        except MeshError as exc:
+            tracer.record(
+                CLIENT, context, span_id, context.parent_id, start, request, None, exc.reason,
+                peer, resend,
+            )  # fmt: skip
+            raise
+        except Exception:
+            tracer.record(
+                CLIENT, context, span_id, context.parent_id, start, request, None,
+                INTERNAL_REASON, peer, resend,
+            )  # fmt: skip
+            raise
+        tracer.record(
+            CLIENT, context, span_id, context.parent_id, start, request, response, "", peer, resend
+        )
+        return response

@@ -1,0 +1,52 @@
+"""Outbound edge: reads the context the app forwarded and makes the sampling decision once.
+
+The CLIENT spans themselves are made per attempt by `TraceAttempt`, next to the connection.
+When no attempt got that far (a breaker, a bulkhead, no endpoints, a refused budget: the
+proxy answered itself), or the request left through passthrough, one CLIENT span is still
+recorded here at completion, carrying the proxy's reason as its error.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mesh.http1.message import Request, Response
+from mesh.stack import Handler
+from mesh.tracing.context import new_span_id
+from mesh.tracing.recorder import CLIENT
+from mesh.tracing.tracer import Tracer
+
+
+class TraceOutbound:
+    def __init__(self, inner: Handler, tracer: Tracer) -> None:
+        self.inner = inner
+        self.tracer = tracer
+
+    async def handle(self, request: Request) -> Response:
+        tracer = self.tracer
+        context = tracer.continue_or_start(request)
+        if context.sampled:
+            # The id of the span recorded here if no attempt records its own.
+            context.span_id = new_span_id()
+            context.start_ns = time.time_ns()
+            request.add_completion(self._finish)
+        tracer.propagate(request, context)
+        request.trace = context
+        return await self.inner.handle(request)
+
+    def _finish(self, request: Request, response: Response | None, sent: int, error: str) -> None:
+        context = request.trace
+        if context.recorded:
+            return
+        self.tracer.record(
+            CLIENT,
+            context,
+            context.span_id,
+            context.parent_id,
+            context.start_ns,
+            request,
+            response,
+            error,
+            "",
+            0,
+        )
