@@ -19,6 +19,9 @@ log = logging.getLogger("mesh.tracing")
 
 SERVER, CLIENT = "server", "client"
 
+#: Longest pause between export attempts while the collector keeps failing.
+MAX_BACKOFF = 5.0
+
 #: (kind, trace id, span id, parent id, start ns, end ns, method, target, authority,
 #:  status (0: none), error reason ("" when none), peer "host:port" or address,
 #:  resend count, scheme, tracestate, mesh service)
@@ -58,6 +61,10 @@ class SpanQueue:
         self.exported = 0
         self.failed = 0
         self._last_drop_log = 0.0
+        #: Exports failed in a row, and when the next may be tried.
+        self._failing = 0
+        self._retry_at = 0.0
+        self._flushing = False
 
     def put(self, record: SpanRecord) -> None:
         """Request path: O(1), never blocks."""
@@ -80,6 +87,10 @@ class SpanQueue:
         while not self._stopping:
             self._wake.wait(self.interval)
             self._wake.clear()
+            # After failed exports, wait longer each time (up to MAX_BACKOFF): a collector
+            # that is down costs an attempt now and then; the queue drops what does not fit.
+            if time.monotonic() < self._retry_at and not self._flushing:
+                continue
             self._drain()
 
     def _drain(self) -> None:
@@ -96,8 +107,12 @@ class SpanQueue:
                     ok = False
                 if ok:
                     self.exported += len(chunk)
+                    self._failing = 0
                 else:
                     self.failed += len(chunk)
+                    self._failing += 1
+                    delay = min(self.interval * (1 << min(self._failing, 16)), MAX_BACKOFF)
+                    self._retry_at = time.monotonic() + delay
             self._log_drops()
         finally:
             self._idle.set()
@@ -122,11 +137,13 @@ class SpanQueue:
         deadline = time.monotonic() + timeout
         self._idle.wait(timeout)
         if self._buffer:
+            self._flushing = True
             self._wake.set()
             # Wait for the thread to pick the buffer up and finish with it.
             while self._buffer and time.monotonic() < deadline:
                 time.sleep(0.005)
             self._idle.wait(max(0.0, deadline - time.monotonic()))
+            self._flushing = False
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.flush(timeout)
