@@ -89,9 +89,9 @@ class Services:
         return self._stack
 
 
-async def run(requests: int, connections: int) -> float:
+async def run(requests: int, connections: int, config: SidecarConfig | None = None) -> float:
     loop = asyncio.get_running_loop()
-    config = SidecarConfig(service="bench")
+    config = config or SidecarConfig(service="bench")
     handler = stacks.outbound_stack(config, Services(config).stack("app"))
     tracker = ConnectionTracker(config.limits.policy())
     remaining = requests

@@ -8,6 +8,8 @@ gets no span: its context is only parsed and written back.
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
@@ -21,7 +23,8 @@ class TraceServer:
         self.inner = inner
         self.tracer = tracer
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Coroutine[Any, Any, Response]:
+        """Plain function returning the inner coroutine: no coroutine frame of its own."""
         tracer = self.tracer
         context = tracer.continue_or_start(request)
         context.inbound = True
@@ -31,7 +34,7 @@ class TraceServer:
             request.add_completion(self._finish)
         tracer.propagate(request, context)
         request.trace = context
-        return await self.inner.handle(request)
+        return self.inner.handle(request)
 
     def _finish(self, request: Request, response: Response | None, sent: int, error: str) -> None:
         context = request.trace

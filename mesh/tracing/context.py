@@ -15,11 +15,13 @@ _random = random.Random(os.urandom(16))
 _bits = _random.getrandbits
 
 
+_LOW64 = (1 << 64) - 1
+
+
 def new_trace_id() -> tuple[bytes, int]:
     """A random 128-bit trace id as hex, with its low 64 bits (what ratio sampling reads)."""
-    high = _bits(64) or 1
-    low = _bits(64)
-    return b"%016x%016x" % (high, low), low
+    value = _bits(128) or 1
+    return b"%032x" % value, value & _LOW64
 
 
 def new_span_id() -> bytes:

@@ -20,6 +20,7 @@ Headers = list[tuple[bytes, bytes]]
 
 TRACECONTEXT, BAGGAGE, B3, B3MULTI = "tracecontext", "baggage", "b3", "b3multi"
 FORMATS = (TRACECONTEXT, BAGGAGE, B3, B3MULTI)
+_W3C = (TRACECONTEXT, BAGGAGE)
 
 TRACE_HEADERS = frozenset(
     {
@@ -44,7 +45,8 @@ MAX_BAGGAGE_MEMBERS = 180
 #: Longer values are not even looked at (a future traceparent version may grow a little).
 MAX_TRACEPARENT = 256
 
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_HEX_AND_DASH = b"0123456789abcdef-"
+_ODD_HEX = frozenset(b"13579bdf")
 _HEX16 = re.compile(rb"[0-9a-f]{16}")
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _ZERO_TRACE = b"0" * 32
@@ -70,18 +72,29 @@ class Incoming:
 
 
 def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
-    """(trace id, parent span id, sampled) of a valid traceparent, else None."""
-    if len(value) < 55 or len(value) > MAX_TRACEPARENT:
+    """(trace id, parent span id, sampled) of a valid traceparent, else None.
+
+    By hand rather than with a regex (a third of the cost): the first 55 bytes must be
+    lower-case hex and three dashes in their places; a longer value is a future version.
+    """
+    size = len(value)
+    if size != 55:
+        if size < 55 or size > MAX_TRACEPARENT or value[55] != 0x2D or value[:2] == b"00":
+            return None
+        value = value[:55]
+    if (
+        value[2] != 0x2D
+        or value[35] != 0x2D
+        or value[52] != 0x2D
+        or value.translate(None, _HEX_AND_DASH)
+        or value.count(b"-") != 3
+        or value[:2] == b"ff"
+    ):
         return None
-    match = _TRACEPARENT.match(value)
-    if match is None:
+    trace_id, span_id = value[3:35], value[36:52]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    version, trace_id, span_id, flags = match.groups()
-    if version == b"ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-        return None
-    if len(value) > 55 and (version == b"00" or value[55] != 0x2D):  # b"-"
-        return None
-    return trace_id, span_id, bool(int(flags, 16) & 1)
+    return trace_id, span_id, value[54] in _ODD_HEX  # flags bit 0: sampled
 
 
 def valid_tracestate(value: bytes) -> bool:
@@ -157,31 +170,35 @@ def parse_b3_multi(found: dict[bytes, bytes]) -> Incoming | None:
 def extract(headers: Headers) -> tuple[Incoming | None, Headers]:
     """The incoming context (None when absent or invalid) and the headers without any
     trace header. Without trace headers, the same list comes back (no copy)."""
+    traceparent: bytes | None = None
     found: dict[bytes, bytes] | None = None
     for name, value in headers:
         if name in TRACE_HEADERS:
+            if name == b"traceparent" and traceparent is None:
+                traceparent = value
+                continue
             if found is None:
                 found = {}
             if name in found and name in (b"tracestate", b"baggage"):
                 found[name] += b"," + value  # list-valued: several lines join
             elif name not in found:
                 found[name] = value
-    if found is None:
+    if traceparent is None and found is None:
         return None, headers
     rest = [h for h in headers if h[0] not in TRACE_HEADERS]
     incoming: Incoming | None = None
-    traceparent = found.get(b"traceparent")
     if traceparent is not None:
         parsed = parse_traceparent(traceparent)
-        tracestate = found.get(b"tracestate", b"")
-        if parsed is not None and valid_tracestate(tracestate):
+        tracestate = found.get(b"tracestate", b"") if found is not None else b""
+        if parsed is not None and (not tracestate or valid_tracestate(tracestate)):
             incoming = Incoming(parsed[0], parsed[1], int(parsed[2]), tracestate)
         # An invalid traceparent is not rescued by B3: the caller meant W3C.
-    elif b"b3" in found:
-        incoming = parse_b3_single(found[b"b3"])
-    elif b"x-b3-traceid" in found:
-        incoming = parse_b3_multi(found)
-    baggage = found.get(b"baggage")
+    elif found is not None:
+        if b"b3" in found:
+            incoming = parse_b3_single(found[b"b3"])
+        elif b"x-b3-traceid" in found:
+            incoming = parse_b3_multi(found)
+    baggage = found.get(b"baggage") if found is not None else None
     if (
         incoming is not None
         and baggage is not None
@@ -196,6 +213,12 @@ def inject(headers: Headers, context: TraceContext, formats: Sequence[str]) -> N
     """Append the context's headers in each configured format; `span_id` is the parent
     the next hop will see."""
     trace_id, span_id, sampled = context.trace_id, context.span_id, context.sampled
+    if formats == _W3C and not context.tracestate and not context.baggage:
+        # The common case in one append: W3C only, nothing but the traceparent to pass on.
+        headers.append(
+            (b"traceparent", b"00-%s-%s-%s" % (trace_id, span_id, b"01" if sampled else b"00"))
+        )
+        return
     for fmt in formats:
         if fmt == TRACECONTEXT:
             headers.append(
