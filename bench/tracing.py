@@ -18,6 +18,7 @@ Two parts, both in one run:
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import shutil
 import socket
@@ -34,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import hotpath, run
-from mesh.tracing.export import FileExport, OtlpExport
+from mesh.tracing.export import FileExport, OtlpExport, OtlpHttpExport
 from mesh.tracing.recorder import CLIENT, SpanRecord
 from sidecar.config import SidecarConfig
 
@@ -113,6 +114,11 @@ def per_span_costs(count: int = 5000) -> dict[str, float]:
             lambda: encode_spans(spans).SerializeToString(), count
         )
         otlp.shutdown()
+        direct = OtlpHttpExport("http://127.0.0.1:9/v1/traces", {}, 0.1, {"service.name": "b"})
+        costs["direct protobuf encode"] = _timed(lambda: direct.encode(records), count)
+        body = direct.encode(records)
+        costs["gzip level 1"] = _timed(lambda: gzip.compress(body, compresslevel=1), count)
+        direct.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     run.log("off the request path, CPU per span (export thread):")

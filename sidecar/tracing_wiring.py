@@ -23,7 +23,7 @@ from mesh.layers.trace_attempt import TraceAttempt
 from mesh.layers.trace_outbound import TraceOutbound
 from mesh.layers.trace_server import TraceServer
 from mesh.stack import LayerFactory
-from mesh.tracing.export import FileExport, OtlpExport
+from mesh.tracing.export import FileExport, OtlpExport, OtlpHttpExport
 from mesh.tracing.masking import LogFields
 from mesh.tracing.propagation import FORMATS
 from mesh.tracing.recorder import Exporter, SpanQueue
@@ -139,7 +139,12 @@ def tracer_for(config: SidecarConfig) -> Tracer | None:
     if found.enabled:
         cfg = config.tracing
         exporter: Exporter
-        if found.endpoint is not None:
+        if found.endpoint is not None and found.protocol == "http/protobuf":
+            exporter = OtlpHttpExport(
+                found.endpoint, found.headers, cfg.export_timeout, found.resource
+            )
+            where = f"OTLP {found.protocol} {found.endpoint}"
+        elif found.endpoint is not None:
             exporter = OtlpExport(
                 found.endpoint, found.protocol, found.headers, cfg.export_timeout, found.resource
             )

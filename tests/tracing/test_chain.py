@@ -90,18 +90,18 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
 
 def one_trace(collector: OtlpReceiver, path: str, count: int) -> list[ReceivedSpan]:
     """The trace whose root is A's SERVER span for `path`, once it has `count` spans."""
-    wait_until(
-        lambda: any(s.attributes.get("url.path") == path for s in collector.snapshot()),
-        10,
-        f"a span for {path}",
-    )
-    roots = [
-        s
-        for s in collector.snapshot()
-        if s.attributes.get("url.path") == path and s.service == "a" and s.kind == "server"
-    ]
-    assert len(roots) == 1, roots
-    return collector.wait_for_spans(count, trace_id=roots[0].trace_id)
+
+    def roots() -> list[ReceivedSpan]:
+        return [
+            s
+            for s in collector.snapshot()
+            if s.attributes.get("url.path") == path and s.service == "a" and s.kind == "server"
+        ]
+
+    wait_until(lambda: bool(roots()), 10, f"A's SERVER span for {path}")
+    found = roots()
+    assert len(found) == 1, found
+    return collector.wait_for_spans(count, trace_id=found[0].trace_id)
 
 
 def test_three_services_make_one_linked_trace(chain: Chain) -> None:
