@@ -34,6 +34,21 @@ HOT_MODULES = [
     "mesh/layers/balance.py",
     "mesh/layers/connect.py",
     "mesh/layers/noop.py",
+    # Resilience on every outbound request: the layers and the state machines they call.
+    # Not resilience/retry.py (tenacity's strategy classes are subclassed there) nor
+    # resilience/policy.py (pydantic reads those dataclasses as config schema).
+    "mesh/layers/retry.py",
+    "mesh/layers/healthy_balance.py",
+    "mesh/layers/bulkhead.py",
+    "mesh/layers/fault.py",
+    "mesh/resilience/budget.py",
+    "mesh/resilience/window.py",
+    "mesh/resilience/breaker.py",
+    "mesh/resilience/outlier.py",
+    "mesh/resilience/bulkhead.py",
+    "mesh/resilience/limits.py",
+    "mesh/resilience/latency.py",
+    "mesh/resilience/hop.py",
 ]
 
 

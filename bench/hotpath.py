@@ -80,7 +80,7 @@ class Services:
             lambda e: False,
         )
         cluster.update(EndpointSet("app", (Endpoint("127.0.0.1", 15001),)))
-        self._stack = stacks.cluster_stack(config, cluster, 15.0)
+        self._stack = stacks.upstream_stack(config, cluster, config.policy_book()).handler
 
     def knows(self, service: str) -> bool:
         return service == "app"
@@ -89,9 +89,17 @@ class Services:
         return self._stack
 
 
-async def run(requests: int, connections: int, config: SidecarConfig | None = None) -> float:
+#: `--bare`: the data path without resilience layers (one attempt, no breakers).
+BARE: dict[str, Any] = {"retry": {"max_retries": 0}, "outlier": {"enabled": False}}
+
+
+async def run(
+    requests: int, connections: int, bare: bool = False, config: SidecarConfig | None = None
+) -> float:
     loop = asyncio.get_running_loop()
-    config = config or SidecarConfig(service="bench")
+    config = config or SidecarConfig.model_validate(
+        {"service": "bench", **({"resilience": BARE} if bare else {})}
+    )
     handler = stacks.outbound_stack(config, Services(config).stack("app"))
     tracker = ConnectionTracker(config.limits.policy())
     remaining = requests
@@ -132,6 +140,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--noop-layers", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
+    parser.add_argument("--bare", action="store_true", help="no retries, no breakers")
     args = parser.parse_args()
     os.environ["MESH_BENCH_NOOP_LAYERS"] = str(args.noop_layers)
     import uvloop
@@ -146,14 +155,15 @@ def main() -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
-        uvloop.run(run(args.requests, args.connections))
+        uvloop.run(run(args.requests, args.connections, args.bare))
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
-    us = uvloop.run(run(args.requests, args.connections))
+    us = uvloop.run(run(args.requests, args.connections, args.bare))
     print(
         f"{us:.2f} us CPU per request through one hop (no sockets), "
         f"{args.noop_layers} no-op layers, {args.connections} connections"
+        f"{', bare (no resilience)' if args.bare else ', resilience at its defaults'}"
     )
 
 

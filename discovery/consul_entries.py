@@ -52,6 +52,18 @@ def _address(service: Mapping[str, Any], node: Mapping[str, Any], where: str) ->
     return address
 
 
+#: The service Meta key carrying its calling policy (sidecar/policies.py reads it).
+POLICY_META = "mesh-policy"
+
+
+def _policy_meta(svc: Mapping[str, Any]) -> str:
+    meta = svc.get("Meta")
+    if not isinstance(meta, Mapping):
+        return ""
+    value = meta.get(POLICY_META)
+    return value if isinstance(value, str) else ""
+
+
 def endpoint_set(
     service: str,
     entries: Any,
@@ -80,7 +92,13 @@ def endpoint_set(
         host = _address(svc, node, where)
         port: int = _field(svc, "Port", int, f"{where}.Service")
         weight = _weight(svc, where)
-        meta = (("node", str(node.get("Node", ""))), ("id", str(svc.get("ID", ""))))
+        meta: tuple[tuple[str, str], ...] = (
+            ("node", str(node.get("Node", ""))),
+            ("id", str(svc.get("ID", ""))),
+        )
+        policy = _policy_meta(svc)
+        if policy:
+            meta = (*meta, (POLICY_META, policy))
         endpoint = Endpoint(host, port, identity, min(max(weight, 1), MAX_WEIGHT), meta)
         problem = endpoint.problem()
         if problem is None and not _HOST.match(host):

@@ -61,6 +61,8 @@ class Instance:
     upstreams: tuple[Upstream, ...] = ()
     tags: tuple[str, ...] = ()
     weight: int = 1
+    #: Service Meta of both registrations (e.g. `mesh-policy`, how callers should call it).
+    meta: tuple[tuple[str, str], ...] = ()
 
     @property
     def proxy_id(self) -> str:
@@ -112,6 +114,7 @@ def definitions(
         **address,
         "Port": instance.app_port,
         "Tags": list(instance.tags),
+        "Meta": dict(instance.meta),
         "Weights": weights,
         "Check": _ttl_check(instance.service_id, "app probed by its sidecar", policy, status),
     }
@@ -122,6 +125,7 @@ def definitions(
         **address,
         "Port": instance.port,
         "Tags": list(instance.tags),
+        "Meta": dict(instance.meta),
         "Weights": weights,
         "Proxy": {
             "DestinationServiceName": instance.service,

@@ -30,6 +30,7 @@ and to metrics, so a word means exactly one thing across the whole project:
     ├── RetryBudgetExhausted  503 retry-budget-exhausted  reserved: see the class
     ├── BulkheadFull          503 bulkhead-full         concurrency limit reached and no room
     │                                                   (or no time) to wait for a slot
+    ├── ConnectionLimit       503 connection-limit      the upstream's max_connections are open
     └── FaultInjected         4xx/5xx fault-injected    an abort made on purpose (fault policy)
 
 `never_sent` marks the errors raised before any byte of the request left this proxy: a retry
@@ -177,6 +178,14 @@ class BulkheadFull(MeshError):
     def __init__(self, detail: str = "", retry_after: int = 1) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class ConnectionLimit(MeshError):
+    """Opening one more connection would pass the upstream's `max_connections`."""
+
+    status, reason = 503, "connection-limit"
+    never_sent = True
+    retry_after = 1
 
 
 class FaultInjected(MeshError):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import click
@@ -49,6 +50,19 @@ def run_async(main: Any, *args: Any) -> Any:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         options = {}
     return anyio.run(main, *args, backend="asyncio", backend_options=options)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter finalization, once everything is flushed.
+
+    The sidecar has closed its sockets and its children by now; finalization would only
+    tear down module state, and in doing so can trip over a compiled coroutine cut off
+    mid-request (a drain deadline), turning a clean exit into a crash.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def sidecar_options(fn: Any) -> Any:
@@ -145,6 +159,7 @@ def sidecar(config_file: Path | None, **flags: Any) -> None:
     setup_logging(config.log_level)
     with startup_errors():
         run_async(_serve_until_signal, config)
+    exit_now(0)
 
 
 @contextlib.contextmanager
@@ -190,7 +205,7 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
     setup_logging(config.log_level)
     with startup_errors():
         code = run_async(run_attached, config, list(command))
-    sys.exit(code)
+    exit_now(code)
 
 
 @main.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,9 +26,20 @@ from pydantic import (
 
 from mesh.identity.authorize import StaticAuthorizer
 from mesh.policy import BalancePolicy, HttpLimits, PoolPolicy, TimeoutPolicy
+from sidecar.policies import (
+    META_KEY,
+    InboundPolicies,
+    PolicyBook,
+    PolicyError,
+    UpstreamPolicies,
+    UpstreamTimeouts,
+    combine,
+    parse_meta,
+)
 from sidecar.tracing_config import AccessLogFieldsConfig, TracingConfig
 
 Port = int
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class ConfigError(ValueError):
@@ -100,6 +112,9 @@ class ConsulConfig(_Model):
     advertise_address: str | None = None
     tags: tuple[str, ...] = ()
     weight: int = Field(1, ge=1, le=65535)
+    #: Service Meta of the registrations; `mesh-policy` tells callers how to call this
+    #: service (a JSON object shaped like `resilience`, validated here).
+    meta: dict[str, str] = {}
     #: The sidecar probes its app this often and reports to a TTL check.
     check_interval: float = Field(2.0, gt=0, le=300)
     check_ttl: float = Field(10.0, gt=0)
@@ -127,6 +142,24 @@ class ConsulConfig(_Model):
         if scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
             raise ValueError(f"{value!r} is not an http(s)://HOST:PORT address")
         return url.rstrip("/")
+
+    @field_validator("meta")
+    @classmethod
+    def _meta(cls, value: dict[str, str]) -> dict[str, str]:
+        # Consul's own limits, checked here so the agent never refuses the registration.
+        if len(value) > 64:
+            raise ValueError("at most 64 keys")
+        for key, text in value.items():
+            if not _META_KEY.match(key):
+                raise ValueError(f"{key!r}: keys are 1-128 of A-Z a-z 0-9 _ -")
+            if len(text) > 512:
+                raise ValueError(f"{key}: values are at most 512 characters")
+        if META_KEY in value:
+            try:
+                combine(UpstreamPolicies(), ("meta", parse_meta(value[META_KEY])))
+            except PolicyError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _ttl_outlives_interval(self) -> ConsulConfig:
@@ -180,6 +213,12 @@ class SidecarConfig(_Model):
     consul: ConsulConfig = ConsulConfig()
     tls: TlsConfig | None = None
     authorization: AuthorizationConfig = AuthorizationConfig()
+    #: Defaults for calling every upstream (sidecar/policies.py; timeouts: outbound_timeouts).
+    resilience: UpstreamPolicies = UpstreamPolicies()
+    #: Per upstream service: overrides of `resilience` (and `timeouts`), merged key by key.
+    services: dict[str, dict[str, Any]] = {}
+    #: What protects the local app: a bulkhead, and optional fault injection.
+    inbound: InboundPolicies = InboundPolicies()
     tracing: TracingConfig = TracingConfig()
     access_log_fields: AccessLogFieldsConfig = AccessLogFieldsConfig()
 
@@ -207,6 +246,23 @@ class SidecarConfig(_Model):
         if self.catalog is not None and self.consul.address is not None:
             raise ValueError("catalog and consul.address exclude each other: pick one source")
         return self
+
+    @model_validator(mode="after")
+    def _policies_valid(self) -> SidecarConfig:
+        if "timeouts" in self.resilience.model_fields_set:
+            raise ValueError("resilience.timeouts: set outbound_timeouts instead")
+        book = self.policy_book()
+        for service in self.services:
+            try:
+                book.local(service)
+            except PolicyError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def policy_book(self) -> PolicyBook:
+        timeouts = UpstreamTimeouts(**self.outbound_timeouts.model_dump())
+        defaults = self.resilience.model_copy(update={"timeouts": timeouts})
+        return PolicyBook(defaults, self.services)
 
     def balance_policy(self) -> BalancePolicy:
         return BalancePolicy(algorithm=self.balance)
@@ -294,8 +350,9 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"]) or "config"
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"{where}: {message}")
+        # A whole-config check names its key itself ("services.x.retry: ...").
+        lines.append(message if where == "config" and ": " in message else f"{where}: {message}")
     return "; ".join(lines)

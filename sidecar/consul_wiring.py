@@ -99,6 +99,7 @@ class ConsulHooks:
             ),
             tags=settings.tags,
             weight=settings.weight,
+            meta=tuple(sorted(settings.meta.items())),
         )
 
     async def run(self, sidecar: Sidecar, *, task_status: TaskStatus[None]) -> None:

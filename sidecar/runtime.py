@@ -44,6 +44,7 @@ from sidecar import stacks
 from sidecar.admin import Admin
 from sidecar.config import SidecarConfig
 from sidecar.services import Services
+from sidecar.upstream_stack import UpstreamStack
 
 if TYPE_CHECKING:
     from mesh.identity.tls import TlsFiles
@@ -121,6 +122,8 @@ class Sidecar:
         self._app_seen = False
         self.services: Services | None = None
         self.app_cluster: Cluster | None = None
+        self.inbound_protection: stacks.InboundProtection | None = None
+        self._policy_book = config.policy_book()
 
     # -- wiring -------------------------------------------------------------------------------
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -159,8 +162,8 @@ class Sidecar:
             await anyio.sleep(1.0)
             self.tls.reload_if_changed()
 
-    def _outbound_cluster_stack(self, cluster: Cluster) -> Handler:
-        return stacks.cluster_stack(self.config, cluster, self.config.outbound_timeouts.request)
+    def _outbound_cluster_stack(self, cluster: Cluster) -> UpstreamStack:
+        return stacks.upstream_stack(self.config, cluster, self._policy_book)
 
     async def _listen(
         self,
@@ -231,11 +234,13 @@ class Sidecar:
                 self.app_cluster = app
                 tg.start_soon(self._probe_app)
                 identity = self.tls.identity if self.tls is not None else None
+                inbound = stacks.inbound_stack(config, app, identity)
+                self.inbound_protection = inbound.protection
                 await self._listen(
                     "inbound",
                     "inbound",
                     config.listen,
-                    stacks.inbound_stack(config, app, identity),
+                    inbound.handler,
                     self.tls.listening_context if self.tls is not None else None,
                 )
             for upstream in config.upstreams:
@@ -356,9 +361,15 @@ class Sidecar:
 
     def clusters_snapshot(self) -> dict[str, Any]:
         assert self.services is not None
-        data = {name: c.statistics() for name, c in sorted(self.services.clusters.items())}
+        upstreams = self.services.upstreams
+        data = {
+            name: {**c.statistics(), "resilience": upstreams[name].statistics()}
+            for name, c in sorted(self.services.clusters.items())
+        }
         if self.app_cluster is not None:
-            data["<local app>"] = self.app_cluster.statistics()
+            app = data["<local app>"] = self.app_cluster.statistics()
+            if self.inbound_protection is not None:
+                app["resilience"] = self.inbound_protection.statistics()
         return data
 
     def listeners_snapshot(self) -> dict[str, Any]:

@@ -8,17 +8,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from discovery.endpoint import Endpoint
 from discovery.resolver import Resolver
 from mesh.cluster import Cluster, PoolFactory
 from mesh.errors import NoEndpoints
+from mesh.http1.pool import EndpointPool
 from mesh.stack import Handler
 
 log = logging.getLogger("sidecar.services")
 
-StackBuilder = Callable[[Cluster], Handler]
+
+class Upstream(Protocol):
+    """One service's stack as built by `stacks.upstream_stack`."""
+
+    @property
+    def handler(self) -> Handler: ...
+
+    def adopt(self, pool: EndpointPool) -> EndpointPool: ...
+
+    def refresh(self) -> None: ...
+
+    def statistics(self) -> dict[str, Any]: ...
+
+
+StackBuilder = Callable[[Cluster], Upstream]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
@@ -37,6 +52,7 @@ class Services:
         self._build_stack = build_stack
         self._spawn = spawn
         self.clusters: dict[str, Cluster] = {}
+        self.upstreams: dict[str, Upstream] = {}
         self._stacks: dict[str, Handler] = {}
 
     def knows(self, service: str) -> bool:
@@ -52,9 +68,16 @@ class Services:
     def stack(self, service: str) -> Handler:
         stack = self._stacks.get(service)
         if stack is None:
-            cluster = Cluster(service, self._pool_factory, self._is_self)
+            upstream: Upstream | None = None
+
+            def pools(endpoint: Endpoint) -> EndpointPool:
+                pool = self._pool_factory(endpoint)
+                return upstream.adopt(pool) if upstream is not None else pool
+
+            cluster = Cluster(service, pools, self._is_self)
             self.clusters[service] = cluster
-            stack = self._stacks[service] = self._build_stack(cluster)
+            upstream = self.upstreams[service] = self._build_stack(cluster)
+            stack = self._stacks[service] = upstream.handler
             self._spawn(lambda: self._watch(cluster))
         return stack
 
@@ -68,6 +91,7 @@ class Services:
     async def _watch(self, cluster: Cluster) -> None:
         async for endpoint_set in self._resolver.watch(cluster.name):
             cluster.update(endpoint_set)
+            self.upstreams[cluster.name].refresh()
             log.info(
                 "discovery: %s has %d endpoint(s)%s",
                 cluster.name,

@@ -2,9 +2,14 @@
 
     outbound: Rescue -> AccessLog -> ForwardedHeaders -> [tracing: TraceOutbound]
                  -> [proxy port: Route]
-                 -> per service: Deadline -> Balance -> [tracing: TraceAttempt] -> Connect
+                 -> per service (sidecar/upstream_stack.py): Deadline -> [FaultInjection]
+                    -> [Retry] -> HealthyBalance -> Bulkhead -> [tracing: TraceAttempt] -> Connect
     inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [tracing: TraceServer]
-                 -> [mTLS: Authorize -> ClientCertHeader] -> Deadline -> Balance -> Connect(app)
+                 -> [mTLS: Authorize -> ClientCertHeader]
+                 -> Deadline -> [FaultInjection] -> Bulkhead -> Balance -> Connect(app)
+
+The inbound side does not retry: its one endpoint is the local app, and the caller's
+sidecar retries what is worth retrying, with its budget.
 
 Stacks are built once per listener and once per upstream service when config or discovery
 brings it, never per request.
@@ -14,21 +19,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from mesh.balance import make_balancer
 from mesh.cluster import Cluster
 from mesh.layers.access_log import AccessLog
 from mesh.layers.authorize import Authorize
 from mesh.layers.balance import Balance
+from mesh.layers.bulkhead import Bulkhead
 from mesh.layers.client_cert import ClientCertHeader
 from mesh.layers.connect import Connect
 from mesh.layers.deadline import Deadline
+from mesh.layers.fault import FaultInjection
 from mesh.layers.forwarding import ForwardedHeaders
 from mesh.layers.noop import Noop
 from mesh.layers.rescue import Rescue
 from mesh.stack import Handler, LayerFactory, compose
 from sidecar import tracing_wiring
 from sidecar.config import SidecarConfig
+from sidecar.policies import PolicyBook
+from sidecar.upstream_stack import UpstreamStack
 
 
 def _noop_layers() -> list[LayerFactory]:
@@ -49,20 +60,35 @@ def edge_layers(config: SidecarConfig, direction: str) -> Sequence[LayerFactory]
     return layers
 
 
-def cluster_stack(config: SidecarConfig, cluster: Cluster, timeout: float) -> Handler:
-    """Per-upstream part: deadline, then endpoint choice, then the connection."""
-    balancer = make_balancer(config.balance)
-    return compose(
-        Connect(),
-        [
-            lambda inner: Deadline(inner, timeout),
-            lambda inner: Balance(inner, cluster, balancer),
-            *tracing_wiring.attempt_layers(config),
-        ],
+def upstream_stack(config: SidecarConfig, cluster: Cluster, book: PolicyBook) -> UpstreamStack:
+    """Per-upstream part: deadline, retries, endpoint choice with breakers, bulkhead, connect."""
+    attempt = tracing_wiring.attempt_layers(config)  # a CLIENT span per attempt, when tracing
+    return UpstreamStack(
+        cluster, book, make_balancer(config.balance), lambda: compose(Connect(), attempt)
     )
 
 
-def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = None) -> Handler:
+@dataclass
+class InboundProtection:
+    """The inbound side's own resilience layers, for /clusters."""
+
+    bulkhead: Bulkhead
+    fault: FaultInjection | None
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "bulkhead": self.bulkhead.statistics(),
+            "fault": None if self.fault is None else self.fault.statistics(),
+        }
+
+
+@dataclass
+class InboundStack:
+    handler: Handler
+    protection: InboundProtection
+
+
+def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = None) -> InboundStack:
     """`identity`: this sidecar's SPIFFE ID when the listener speaks mTLS."""
     layers = list(edge_layers(config, "inbound"))
     if identity is not None:
@@ -71,7 +97,17 @@ def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = No
             lambda inner: Authorize(inner, authorizer, identity),
             lambda inner: ClientCertHeader(inner, identity),
         ]
-    return compose(cluster_stack(config, app, config.inbound_timeouts.request), layers)
+    policies = config.inbound
+    bulkhead = Bulkhead(
+        Balance(Connect(), app, make_balancer(config.balance)), policies.bulkhead, label="inbound"
+    )
+    below: Handler = bulkhead
+    fault = None
+    if policies.fault.active:
+        fault = FaultInjection(bulkhead, policies.fault)
+        below = fault
+    handler = compose(Deadline(below, config.inbound_timeouts.request), layers)
+    return InboundStack(handler, InboundProtection(bulkhead, fault))
 
 
 def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:

@@ -30,6 +30,7 @@ from mesh.inline import Inline, Waiter
 
 if TYPE_CHECKING:
     from mesh.http1.pool import EndpointPool
+    from mesh.resilience.limits import ResourceGauge
 
 log = logging.getLogger("mesh.http1.client")
 
@@ -78,6 +79,8 @@ class UpstreamConnection:
 
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
+        #: The upstream's connection cap this connection counts against (pool.py).
+        self.gauge: ResourceGauge | None = None
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False

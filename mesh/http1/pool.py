@@ -13,10 +13,16 @@ from typing import Any, cast
 
 from mypy_extensions import mypyc_attr
 
-from mesh.errors import PeerIdentityMismatch, UpstreamConnectFailed, UpstreamTlsFailed
+from mesh.errors import (
+    ConnectionLimit,
+    PeerIdentityMismatch,
+    UpstreamConnectFailed,
+    UpstreamTlsFailed,
+)
 from mesh.http1.client import UpstreamConnection, as_protocol
 from mesh.identity.spiffe import peer_identity
 from mesh.policy import PoolPolicy
+from mesh.resilience.limits import ResourceGauge
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # bench/hotpath.py plays the network
@@ -48,6 +54,8 @@ class EndpointPool:
         self.connect_failures = 0
         self.protocol_errors = 0
         self.closed = False
+        #: The upstream's connection cap, shared by the pools of all its endpoints.
+        self.connection_gauge: ResourceGauge | None = None
 
     def __repr__(self) -> str:
         return (
@@ -77,6 +85,19 @@ class EndpointPool:
         return None
 
     async def connect(self) -> UpstreamConnection:
+        gauge = self.connection_gauge
+        if gauge is not None and not gauge.try_acquire():
+            raise ConnectionLimit(f"{gauge.limit} connections open to this upstream")
+        try:
+            conn = await self._open()
+        except BaseException:
+            if gauge is not None:
+                gauge.release()
+            raise
+        conn.gauge = gauge
+        return conn
+
+    async def _open(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         self.connecting += 1
         # A task per new connection (not per request): the data path runs without a current
@@ -154,7 +175,12 @@ class EndpointPool:
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        self._all.discard(conn)
+        if conn in self._all:
+            self._all.discard(conn)
+            gauge = conn.gauge
+            if gauge is not None:
+                conn.gauge = None
+                gauge.release()
         if conn in self._idle:
             self._idle.remove(conn)
 

@@ -61,6 +61,7 @@ class HealthyBalance:
 
     async def handle(self, request: Request) -> Response:
         cluster = self.cluster
+        request.service = cluster.name
         states = cluster.states
         if not states and not cluster.answered:
             await cluster.wait_answered(FIRST_ANSWER_WAIT)

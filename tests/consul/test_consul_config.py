@@ -55,7 +55,7 @@ def test_a_configured_catalog_is_not_overridden_by_the_environment(tmp_path: Pat
 @pytest.mark.parametrize(
     ("consul", "message"),
     [
-        ({"address": "ftp://x:1"}, "consul.address: Value error, 'ftp://x:1' is not an http"),
+        ({"address": "ftp://x:1"}, "consul.address: 'ftp://x:1' is not an http"),
         ({"check_interval": 5, "check_ttl": 6}, "check_ttl must be at least twice"),
         ({"deregister_critical_after": 30}, "consul.deregister_critical_after: Input should be"),
         ({"check_path": "health"}, "consul.check_path: String should match"),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.processes import MeshProcess, Sidecars, free_port, write_yaml
+from tests.support.processes import BARE_DATA_PATH, MeshProcess, Sidecars, free_port, write_yaml
 from tests.support.rawclient import parse_head, send_raw
 from tests.support.upstream import RecordingUpstream
 
@@ -70,7 +70,10 @@ def start_pair(sidecars: Sidecars, upstream: RecordingUpstream) -> MeshPair:
         sidecars.log_dir / f"catalog-{outbound_port}.yaml",
         {"services": {"app": [f"127.0.0.1:{inbound_port}"]}},
     )
+    bare = write_yaml(sidecars.log_dir / "bare-data-path.yaml", BARE_DATA_PATH)
     outbound = sidecars.start(
+        "--config",
+        str(bare),
         "--service",
         "client",
         "--upstream",

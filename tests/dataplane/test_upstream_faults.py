@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import pytest
 
 from tests.dataplane.conftest import MeshPair
-from tests.support.processes import MeshProcess, Sidecars, free_port, wait_until, write_yaml
+from tests.support.processes import (
+    BARE_DATA_PATH,
+    MeshProcess,
+    Sidecars,
+    free_port,
+    wait_until,
+    write_yaml,
+)
 from tests.support.rawclient import HttpConnection, IncompleteResponse, Response
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply, echo_sha256
 
@@ -54,6 +61,7 @@ def faults_sidecar(sidecars: Sidecars) -> Iterator[Faults]:
                 "catalog": str(catalog),
                 "upstreams": [{"name": n, "local_port": p} for n, p in ports.items()],
                 "outbound_timeouts": {"connect": 1.0, "request": REQUEST_TIMEOUT},
+                **BARE_DATA_PATH,
             },
         )
         sidecar = sidecars.start("--config", str(config), name="faults")

@@ -77,7 +77,7 @@ def test_statistics_and_repr() -> None:
 def test_resource_limits_map_onto_a_bulkhead() -> None:
     limits = ResourceLimits()
     assert (limits.max_connections, limits.max_pending, limits.max_requests) == (1024,) * 3
-    assert limits.max_retries == 3
+    assert limits.max_retries == 1024
     assert limits.bulkhead() == BulkheadPolicy(max_concurrent=1024, max_queued=1024)
 
 

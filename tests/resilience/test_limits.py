@@ -26,11 +26,11 @@ def test_gauge_refuses_at_its_limit_and_counts_it() -> None:
         gauge.release()
 
 
-def test_upstream_resources_follow_envoys_defaults() -> None:
+def test_upstream_resources_default_to_envoys_thresholds_with_retries_left_to_the_budget() -> None:
     resources = UpstreamResources(ResourceLimits())
-    assert resources.statistics()["retries"] == {"limit": 3, "in_use": 0, "overflowed_total": 0}
+    assert resources.statistics()["retries"] == {"limit": 1024, "in_use": 0, "overflowed_total": 0}
     assert repr(resources) == (
-        "<UpstreamResources connections=0/1024, pending=0/1024, requests=0/1024, retries=0/3>"
+        "<UpstreamResources connections=0/1024, pending=0/1024, requests=0/1024, retries=0/1024>"
     )
 
 

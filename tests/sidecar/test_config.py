@@ -128,7 +128,7 @@ def test_two_upstreams_on_one_port_are_refused() -> None:
         {"name": "b", "local_port": 9001},
     )
     message = config_error(None, {"service": "web", "upstreams": upstreams})
-    assert message == "upstreams: Value error, two upstreams share a local_port"
+    assert message == "upstreams: two upstreams share a local_port"
 
 
 def test_missing_catalog_is_refused(tmp_path: Path) -> None:

@@ -20,6 +20,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 MESH = str(Path(sys.executable).with_name("mesh"))
 
+#: Config for tests of the bare data path: one attempt per request, no endpoint breakers,
+#: so each request shows the data path's own answer to the fault it met.
+BARE_DATA_PATH: dict[str, Any] = {
+    "resilience": {"retry": {"max_retries": 0}, "outlier": {"enabled": False}}
+}
+
 
 def free_port() -> int:
     with socket.socket() as s:
