@@ -73,14 +73,13 @@ def settings(config: SidecarConfig, environ: Mapping[str, str] | None = None) ->
     env = os.environ if environ is None else environ
     cfg = config.tracing
     endpoint = cfg.endpoint
-    if endpoint is None:
+    # OTEL_TRACES_EXPORTER: `otlp` and `none` as the SDK reads them; `file` (this project's
+    # own value) turns tracing on with the local span file.
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if endpoint is None and exporter != "file":
         endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
         if endpoint is None and env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             endpoint = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
-    enabled = cfg.enabled
-    if enabled is None:
-        disabled = env.get("OTEL_SDK_DISABLED", "").lower() == "true"
-        enabled = endpoint is not None and not disabled
     protocol = cfg.protocol or (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -89,6 +88,12 @@ def settings(config: SidecarConfig, environ: Mapping[str, str] | None = None) ->
     if protocol not in ("http/protobuf", "grpc"):
         log.warning("OTLP protocol %r is not supported; using http/protobuf", protocol)
         protocol = "http/protobuf"
+    if endpoint is None and exporter == "otlp":  # the SDK's default collector address
+        endpoint = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
+    enabled = cfg.enabled
+    if enabled is None:
+        off = env.get("OTEL_SDK_DISABLED", "").lower() == "true" or exporter == "none"
+        enabled = not off and (endpoint is not None or exporter == "file")
     headers = {k: v.get_secret_value() for k, v in cfg.headers.items()} or _pairs(
         env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS", "")
     )

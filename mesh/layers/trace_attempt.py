@@ -52,17 +52,20 @@ class TraceAttempt:
         try:
             response = await self.inner.handle(request)
         except MeshError as exc:
+            context.last_error = exc.reason
             tracer.record(
                 CLIENT, context, span_id, context.parent_id, start, request, None, exc.reason,
                 peer, resend,
             )  # fmt: skip
             raise
         except Exception:
+            context.last_error = INTERNAL_REASON
             tracer.record(
                 CLIENT, context, span_id, context.parent_id, start, request, None,
                 INTERNAL_REASON, peer, resend,
             )  # fmt: skip
             raise
+        context.last_error = response.error_reason
         tracer.record(
             CLIENT, context, span_id, context.parent_id, start, request, response, "", peer, resend
         )

@@ -3,7 +3,9 @@
 The CLIENT spans themselves are made per attempt by `TraceAttempt`, next to the connection.
 When no attempt got that far (a breaker, a bulkhead, no endpoints, a refused budget: the
 proxy answered itself), or the request left through passthrough, one CLIENT span is still
-recorded here at completion, carrying the proxy's reason as its error.
+recorded here at completion, carrying the proxy's reason as its error; likewise when the
+proxy's answer names another reason than the last attempt did (a breaker or bulkhead that
+refused a retry).
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ class TraceOutbound:
 
     def _finish(self, request: Request, response: Response | None, sent: int, error: str) -> None:
         context = request.trace
-        if context.recorded:
+        reason = response.error_reason if response is not None else ""
+        if context.recorded and (not reason or reason == context.last_error):
             return
         self.tracer.record(
             CLIENT,
             context,
-            context.span_id,
+            new_span_id() if context.recorded else context.span_id,
             context.parent_id,
             context.start_ns,
             request,

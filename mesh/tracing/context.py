@@ -40,6 +40,7 @@ class TraceContext:
         "attempts",
         "baggage",
         "inbound",
+        "last_error",
         "parent_id",
         "recorded",
         "sampled",
@@ -68,6 +69,8 @@ class TraceContext:
         #: CLIENT attempts made (outbound), and whether any span was recorded for them.
         self.attempts = 0
         self.recorded = False
+        #: The reason the latest recorded attempt failed with ("" when it got a response).
+        self.last_error = ""
 
     def __repr__(self) -> str:
         return (

@@ -94,6 +94,11 @@ async def start_services(
     for spec, run in zip(SERVICES, planned, strict=True):
         env = {**os.environ, "DEMO_SERVICE": run.name, "DEMO_PORT": str(run.app_port),
                "DEMO_CALLS": ",".join(spec.calls)}  # fmt: skip
+        # Traces: to the collector in OTEL_EXPORTER_OTLP_ENDPOINT, else the span files that
+        # `mesh traces` reads.
+        env.setdefault(
+            "OTEL_TRACES_EXPORTER", "otlp" if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "file"
+        )
         command = [
             mesh, "attach", "--service", run.name, "--app-port", str(run.app_port),
             "--listen", f"127.0.0.1:{run.inbound}", "--admin", f"127.0.0.1:{run.admin}",
