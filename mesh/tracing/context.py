@@ -40,6 +40,7 @@ class TraceContext:
         "attempts",
         "baggage",
         "inbound",
+        "kept",
         "last_error",
         "parent_id",
         "recorded",
@@ -65,6 +66,8 @@ class TraceContext:
         self.tracestate = tracestate
         self.baggage = baggage
         self.inbound = False
+        #: The request's own trace headers already say what would be written: keep them.
+        self.kept = False
         self.start_ns = 0
         #: CLIENT attempts made (outbound), and whether any span was recorded for them.
         self.attempts = 0

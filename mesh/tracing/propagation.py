@@ -20,7 +20,7 @@ Headers = list[tuple[bytes, bytes]]
 
 TRACECONTEXT, BAGGAGE, B3, B3MULTI = "tracecontext", "baggage", "b3", "b3multi"
 FORMATS = (TRACECONTEXT, BAGGAGE, B3, B3MULTI)
-_W3C = (TRACECONTEXT, BAGGAGE)
+W3C_FORMATS = (TRACECONTEXT, BAGGAGE)
 
 TRACE_HEADERS = frozenset(
     {
@@ -167,9 +167,14 @@ def parse_b3_multi(found: dict[bytes, bytes]) -> Incoming | None:
     return Incoming(trace_id, span_id, sampled)
 
 
-def extract(headers: Headers) -> tuple[Incoming | None, Headers]:
-    """The incoming context (None when absent or invalid) and the headers without any
-    trace header. Without trace headers, the same list comes back (no copy)."""
+#: What `extract` found besides the context: which trace headers the request carries.
+NO_TRACE_HEADERS, LONE_TRACEPARENT, OTHER_TRACE_HEADERS = 0, 1, 2
+
+
+def extract(headers: Headers) -> tuple[Incoming | None, int]:
+    """The incoming context (None when absent or invalid), and which trace headers were
+    present (`without_trace_headers` removes them; a lone traceparent that already says
+    what this sidecar would write may stay)."""
     traceparent: bytes | None = None
     found: dict[bytes, bytes] | None = None
     for name, value in headers:
@@ -183,22 +188,25 @@ def extract(headers: Headers) -> tuple[Incoming | None, Headers]:
                 found[name] += b"," + value  # list-valued: several lines join
             elif name not in found:
                 found[name] = value
-    if traceparent is None and found is None:
-        return None, headers
-    rest = [h for h in headers if h[0] not in TRACE_HEADERS]
+    if found is None:
+        if traceparent is None:
+            return None, NO_TRACE_HEADERS
+        parsed = parse_traceparent(traceparent)
+        if parsed is None:
+            return None, LONE_TRACEPARENT
+        return Incoming(parsed[0], parsed[1], int(parsed[2])), LONE_TRACEPARENT
     incoming: Incoming | None = None
     if traceparent is not None:
         parsed = parse_traceparent(traceparent)
-        tracestate = found.get(b"tracestate", b"") if found is not None else b""
+        tracestate = found.get(b"tracestate", b"")
         if parsed is not None and (not tracestate or valid_tracestate(tracestate)):
             incoming = Incoming(parsed[0], parsed[1], int(parsed[2]), tracestate)
         # An invalid traceparent is not rescued by B3: the caller meant W3C.
-    elif found is not None:
-        if b"b3" in found:
-            incoming = parse_b3_single(found[b"b3"])
-        elif b"x-b3-traceid" in found:
-            incoming = parse_b3_multi(found)
-    baggage = found.get(b"baggage") if found is not None else None
+    elif b"b3" in found:
+        incoming = parse_b3_single(found[b"b3"])
+    elif b"x-b3-traceid" in found:
+        incoming = parse_b3_multi(found)
+    baggage = found.get(b"baggage")
     if (
         incoming is not None
         and baggage is not None
@@ -206,14 +214,14 @@ def extract(headers: Headers) -> tuple[Incoming | None, Headers]:
         and baggage.count(b",") < MAX_BAGGAGE_MEMBERS
     ):
         incoming.baggage = baggage
-    return incoming, rest
+    return incoming, OTHER_TRACE_HEADERS
 
 
 def inject(headers: Headers, context: TraceContext, formats: Sequence[str]) -> None:
     """Append the context's headers in each configured format; `span_id` is the parent
     the next hop will see."""
     trace_id, span_id, sampled = context.trace_id, context.span_id, context.sampled
-    if formats == _W3C and not context.tracestate and not context.baggage:
+    if formats == W3C_FORMATS and not context.tracestate and not context.baggage:
         # The common case in one append: W3C only, nothing but the traceparent to pass on.
         headers.append(
             (b"traceparent", b"00-%s-%s-%s" % (trace_id, span_id, b"01" if sampled else b"00"))

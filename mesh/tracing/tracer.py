@@ -7,7 +7,16 @@ from collections.abc import Sequence
 
 from mesh.http1.message import Request, Response
 from mesh.tracing.context import TraceContext, new_span_id, new_trace_id
-from mesh.tracing.propagation import DEFERRED, Incoming, extract, inject
+from mesh.tracing.propagation import (
+    DEFERRED,
+    LONE_TRACEPARENT,
+    TRACECONTEXT,
+    W3C_FORMATS,
+    Incoming,
+    extract,
+    inject,
+    without_trace_headers,
+)
 from mesh.tracing.recorder import SpanQueue
 from mesh.tracing.sampling import Decide, Sampler
 
@@ -16,13 +25,27 @@ class Tracer:
     def __init__(self, sampler: Sampler, formats: Sequence[str], queue: SpanQueue) -> None:
         self.decide = Decide(sampler)
         self.formats = tuple(formats)
+        self.w3c_only = self.formats in (W3C_FORMATS, (TRACECONTEXT,))
         self.queue = queue
 
     def continue_or_start(self, request: Request) -> TraceContext:
         """The request's context with this sidecar's sampling decision; its trace headers
         are removed from `request.headers` (the layers write them back)."""
-        incoming, request.headers = extract(request.headers)
-        return self.context_for(incoming)
+        incoming, found = extract(request.headers)
+        context = self.context_for(incoming)
+        if found:
+            if (
+                found == LONE_TRACEPARENT
+                and incoming is not None
+                and incoming.sampled == 0
+                and not context.sampled
+                and self.w3c_only
+            ):
+                # The common unsampled hop: the caller's traceparent passes on unchanged.
+                context.kept = True
+            else:
+                request.headers = without_trace_headers(request.headers)
+        return context
 
     def context_for(self, incoming: Incoming | None) -> TraceContext:
         if incoming is None or not incoming.trace_id:
@@ -41,6 +64,8 @@ class Tracer:
     def propagate(self, request: Request, context: TraceContext) -> None:
         """Write the context's headers; an unsampled request without a parent still gets a
         span id, so the next hop has a well-formed context to follow."""
+        if context.kept:
+            return
         if not context.span_id:
             context.span_id = new_span_id()
         inject(request.headers, context, self.formats)
