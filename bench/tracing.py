@@ -67,7 +67,7 @@ def in_memory(requests: int, connections: int, rounds: int) -> dict[str, float]:
     try:
         for _ in range(rounds):
             for name, config in configs.items():
-                results[name].append(uvloop.run(hotpath.run(requests, connections, config)))
+                results[name].append(uvloop.run(hotpath.run(requests, connections, config=config)))
                 run.log(f"  {name:<10} {results[name][-1]:6.2f} us CPU/request")
     finally:
         shutil.rmtree(spans_dir, ignore_errors=True)
