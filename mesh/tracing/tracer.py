@@ -52,11 +52,16 @@ class Tracer:
             trace_id, low = new_trace_id()
             parent_sampled = DEFERRED if incoming is None else incoming.sampled
             return TraceContext(trace_id, b"", self.decide(parent_sampled, low))
-        low = int(incoming.trace_id[16:], 16)
+        decide = self.decide
+        sampled = incoming.sampled
+        if decide.parent_based and sampled != DEFERRED:
+            keep = sampled == 1  # the caller decided: no need to read the trace id
+        else:
+            keep = decide(sampled, int(incoming.trace_id[16:], 16))
         return TraceContext(
             incoming.trace_id,
             incoming.span_id,
-            self.decide(incoming.sampled, low),
+            keep,
             incoming.tracestate,
             incoming.baggage,
         )
