@@ -31,7 +31,10 @@ and to metrics, so a word means exactly one thing across the whole project:
     ├── BulkheadFull          503 bulkhead-full         concurrency limit reached and no room
     │                                                   (or no time) to wait for a slot
     ├── ConnectionLimit       503 connection-limit      the upstream's max_connections are open
-    └── FaultInjected         4xx/5xx fault-injected    an abort made on purpose (fault policy)
+    ├── FaultInjected         4xx/5xx fault-injected    an abort made on purpose (fault policy)
+    ├── Unauthenticated       401 unauthenticated       gateway: no valid credential for the route
+    ├── RateLimited           429 rate-limited          gateway: the route's limit for this key
+    └── RouteNotFound         404 route-not-found       gateway: no route for this host and path
 
 `never_sent` marks the errors raised before any byte of the request left this proxy: a retry
 of those is safe for any method. Later layers add their own words as subclasses here, never by
@@ -50,6 +53,8 @@ class MeshError(Exception):
     never_sent: bool = False
     #: Seconds for a `Retry-After` header, when the condition is expected to clear.
     retry_after: int | None = None
+    #: Further headers of the response made for this error (a challenge, limit state).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.reason)
@@ -197,3 +202,37 @@ class FaultInjected(MeshError):
     def __init__(self, detail: str = "", status: int = 503) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class Unauthenticated(MeshError):
+    """The route needs a credential (JWT, API key) and the request has no valid one.
+
+    `challenge` is the `WWW-Authenticate` value (RFC 9110 §11.6.1, RFC 6750 §3)."""
+
+    status, reason = 401, "unauthenticated"
+    never_sent = True
+
+    def __init__(self, detail: str, challenge: bytes) -> None:
+        super().__init__(detail)
+        self.headers = ((b"www-authenticate", challenge),)
+
+
+class RateLimited(MeshError):
+    """The route's rate limit for this key (client, subject or API key) is used up."""
+
+    status, reason = 429, "rate-limited"
+    never_sent = True
+
+    def __init__(
+        self, detail: str, retry_after: int, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.headers = headers
+
+
+class RouteNotFound(MeshError):
+    """No gateway route matches the request's host and (normalised) path."""
+
+    status, reason = 404, "route-not-found"
+    never_sent = True

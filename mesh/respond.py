@@ -29,6 +29,7 @@ def error_response(exc: BaseException) -> Response:
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    headers.extend(getattr(exc, "headers", ()))
     text = f"{status} {reason}: {detail}\n".encode("utf-8", "replace")
     response = Response.local(status, text, headers)
     response.error_reason = reason

@@ -9,6 +9,7 @@ Bound to loopback by default: it reveals topology and, later, takes control acti
     GET /listeners  every listener: open, active and refused connections
     GET /certs      this sidecar's certificate: identity, serial, expiry, reloads
     GET /tracing    spans recorded, exported, failed and dropped (queue full)
+    GET /gateway    (gateway only) routes, JWT key sets, response cache
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Admin:
             ),
             b"/tracing": lambda: json_response(200, tracing_statistics(sidecar.config)),
         }
+        gateway_snapshot = getattr(sidecar, "gateway_snapshot", None)
+        if gateway_snapshot is not None:
+            self._routes[b"/gateway"] = lambda: json_response(200, gateway_snapshot())
 
     async def handle(self, request: Request) -> Response:
         route = self._routes.get(request.path)

@@ -116,6 +116,11 @@ def sidecar_options(fn: Any) -> Any:
         click.option(
             "--tls-roots", type=click.Path(path_type=Path), help="The mesh's root certificates."
         ),
+        click.option(
+            "--tls-source",
+            type=click.Choice(["files", "consul"]),
+            help="Where certificates come from: the --tls-* files, or Consul's Connect CA.",
+        ),
         click.option("--admin", help="Admin API HOST:PORT [127.0.0.1:15000]."),
         click.option(
             "--access-log/--no-access-log",
@@ -136,7 +141,7 @@ def load_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
         "token_file": flags.pop("consul_token_file", None),
     }
     flags["consul"] = {key: value for key, value in consul.items() if value is not None}
-    tls = {part: flags.pop(f"tls_{part}", None) for part in ("cert", "key", "roots")}
+    tls = {part: flags.pop(f"tls_{part}", None) for part in ("cert", "key", "roots", "source")}
     flags["tls"] = {part: path for part, path in tls.items() if path is not None}
     try:
         flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())
@@ -190,6 +195,32 @@ async def _serve_until_signal(config: SidecarConfig) -> None:
         log.info("ready")
         await sidecar.wait_stopped()
         tg.cancel_scope.cancel()
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The gateway's YAML or JSON config (routes, auth, limits, discovery, tls).",
+)
+@click.option("--admin", help="Admin API HOST:PORT [127.0.0.1:15000].")
+@click.option("--access-log/--no-access-log", default=None, help="One JSON line per request.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def gateway(config_file: Path, **flags: Any) -> None:
+    """Run the mesh's ingress gateway: routes, JWT/API keys, rate limits, cache, gzip."""
+    from sidecar.gateway import serve_gateway_until_signal
+    from sidecar.gateway_config import GatewayConfig
+
+    try:
+        config = build(config_file, flags, model=GatewayConfig)
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+    assert isinstance(config, GatewayConfig)
+    setup_logging(config.log_level)
+    with startup_errors():
+        run_async(serve_gateway_until_signal, config)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})

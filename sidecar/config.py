@@ -169,24 +169,34 @@ class ConsulConfig(_Model):
 
 
 class TlsConfig(_Model):
-    """This sidecar's leaf certificate, its key and the mesh roots (PEM files)."""
+    """This sidecar's leaf certificate, its key and the mesh roots: PEM files, or (source
+    consul) the local Consul agent's Connect CA."""
 
-    cert: Path
-    key: Path
-    roots: Path
+    source: Literal["files", "consul"] = "files"
+    cert: Path | None = None
+    key: Path | None = None
+    roots: Path | None = None
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> TlsConfig:
+        given = [p for p in (self.cert, self.key, self.roots) if p is not None]
+        if self.source == "files" and len(given) != 3:
+            raise ValueError("source files needs cert, key and roots")
+        if self.source == "consul" and given:
+            raise ValueError("source consul takes no cert, key or roots files")
+        return self
 
 
 class AuthorizationConfig(_Model):
     """Static policy on callers' service names (Consul intentions replace it when used)."""
 
-    default: Literal["allow", "deny"] = "allow"
+    #: Unset: allow without Consul; with intentions, Consul's own default.
+    default: Literal["allow", "deny"] | None = None
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
 
     def authorizer(self) -> StaticAuthorizer:
-        return StaticAuthorizer(
-            self.default == "allow", frozenset(self.allow), frozenset(self.deny)
-        )
+        return StaticAuthorizer(self.default != "deny", frozenset(self.allow), frozenset(self.deny))
 
 
 class SidecarConfig(_Model):
@@ -239,6 +249,12 @@ class SidecarConfig(_Model):
     def _listen_needs_app(self) -> SidecarConfig:
         if self.listen is not None and self.app_port is None:
             raise ValueError("listen needs app_port: the inbound listener forwards to the app")
+        return self
+
+    @model_validator(mode="after")
+    def _consul_ca_needs_consul(self) -> SidecarConfig:
+        if self.tls is not None and self.tls.source == "consul" and self.consul.address is None:
+            raise ValueError("tls.source consul needs consul.address (or CONSUL_HTTP_ADDR)")
         return self
 
     @model_validator(mode="after")
@@ -310,7 +326,10 @@ def parse_upstream_flag(text: str) -> dict[str, Any]:
 
 
 def build(
-    file: Path | None, overrides: dict[str, Any], environ: Mapping[str, str] | None = None
+    file: Path | None,
+    overrides: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
+    model: type[SidecarConfig] = SidecarConfig,
 ) -> SidecarConfig:
     """File values, then flag values (only those given) on top; validated once.
 
@@ -328,7 +347,7 @@ def build(
         data[key] = value
     _consul_environment(data, os.environ if environ is None else environ)
     try:
-        return SidecarConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
 

@@ -17,7 +17,9 @@ from anyio.abc import TaskStatus
 from discovery.app_probe import AppProbe
 from discovery.blocking import LoopPolicy, default_backoff
 from discovery.consul import ConsulResolver
+from discovery.consul_ca import ConsulCaSource
 from discovery.consul_client import AsyncConsul
+from discovery.consul_intentions import IntentionsAuthorizer, watch_intentions
 from discovery.registration import CheckPolicy, Instance, Registration, Upstream
 from sidecar.config import ConfigError, SidecarConfig
 from sidecar.runtime import Sidecar
@@ -32,7 +34,13 @@ def make_sidecar(config: SidecarConfig) -> Sidecar:
     if config.consul.address is None:
         return Sidecar(config)
     hooks = ConsulHooks(config)
-    return Sidecar(config, hooks.resolver, [hooks])
+    return Sidecar(
+        config,
+        hooks.resolver,
+        [hooks],
+        tls_source=hooks.ca_source,
+        authorizer=hooks.intentions,
+    )
 
 
 def read_token(path: Path | None) -> str | None:
@@ -73,6 +81,21 @@ class ConsulHooks:
             max_endpoints=settings.max_endpoints,
         )
         self.registration: Registration | None = None
+        # mTLS with Consul: certificates from its CA when asked, intentions always decide.
+        self.ca_source: ConsulCaSource | None = None
+        self.intentions: IntentionsAuthorizer | None = None
+        self._loop_policy = self.resolver.policy
+        if config.tls is not None:
+            if config.tls.source == "consul":
+                self.ca_source = ConsulCaSource(self.consul, config.service, self._loop_policy)
+            authorization = config.authorization
+            default = None if authorization.default is None else authorization.default == "allow"
+            self.intentions = IntentionsAuthorizer(
+                config.service,
+                allow=frozenset(authorization.allow),
+                deny=frozenset(authorization.deny),
+                default_allow=default,
+            )
         # Proxy mode routes by host name: it needs to know every service's name.
         self._needs_catalog = config.proxy_port is not None
 
@@ -111,6 +134,8 @@ class ConsulHooks:
             async with anyio.create_task_group() as tg:
                 if self._needs_catalog:
                     tg.start_soon(self.resolver.watch_catalog)
+                if self.intentions is not None:
+                    tg.start_soon(watch_intentions, self.consul, self.intentions, self._loop_policy)
                 if instance is not None:
                     probe = AppProbe(
                         instance.app_host,
@@ -140,6 +165,8 @@ class ConsulHooks:
     def waiting_for(self) -> str:
         if self._needs_catalog and not self.resolver.catalog_answered:
             return "waiting for the consul catalog"
+        if self.intentions is not None and not self.intentions.answered:
+            return "waiting for consul intentions"
         return ""
 
     async def before_drain(self) -> None:

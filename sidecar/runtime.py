@@ -47,7 +47,8 @@ from sidecar.services import Services
 from sidecar.upstream_stack import UpstreamStack
 
 if TYPE_CHECKING:
-    from mesh.identity.tls import TlsFiles
+    from mesh.identity.authorize import Authorizer
+    from mesh.identity.tls import RotatingTls
 
 log = logging.getLogger("sidecar")
 
@@ -85,21 +86,39 @@ class Hooks(Protocol):
         ...
 
 
+class TlsSource(Protocol):
+    """Certificate material from somewhere other than files (Consul's CA)."""
+
+    async def load(self) -> RotatingTls:
+        """The first material; called before any listener is bound."""
+        ...
+
+    async def watch(self) -> None:
+        """Keep the material current; runs until cancelled."""
+        ...
+
+
 class Sidecar:
     def __init__(
         self,
         config: SidecarConfig,
         resolver: Resolver | None = None,
         hooks: Sequence[Hooks] = (),
+        tls_source: TlsSource | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.config = config
         self.hooks = tuple(hooks)
         tls = config.tls
         #: This sidecar's certificate material, when the hops between sidecars use mTLS.
-        self.tls: TlsFiles | None = None
-        if tls is not None:
+        self.tls: RotatingTls | None = None
+        self._tls_source = tls_source
+        #: Inbound policy when not the config's static one (Consul intentions).
+        self.authorizer = authorizer
+        if tls is not None and tls_source is None:
             from mesh.identity.tls import TlsFiles  # cryptography loads only when needed
 
+            assert tls.cert is not None and tls.key is not None and tls.roots is not None
             self.tls = TlsFiles(tls.cert, tls.key, tls.roots)
         if resolver is None:
             # Catalog entries without an explicit identity belong to this mesh's trust
@@ -157,7 +176,12 @@ class Sidecar:
 
     async def _watch_tls(self) -> None:
         """Certificate files are replaced by whoever runs the CA: pick new ones up."""
-        assert self.tls is not None
+        if self._tls_source is not None:
+            await self._tls_source.watch()
+            return
+        from mesh.identity.tls import TlsFiles
+
+        assert isinstance(self.tls, TlsFiles)
         while True:
             await anyio.sleep(1.0)
             self.tls.reload_if_changed()
@@ -177,15 +201,16 @@ class Sidecar:
         tracker = ConnectionTracker(self.config.limits.policy(), name)
         loop = asyncio.get_running_loop()
         scheme = b"https" if tls is not None else b"http"
-        server = await loop.create_server(
-            lambda: as_protocol(ServerConnection(handler, tracker, scheme)),
-            host,
-            port,
-            reuse_address=True,
-            backlog=1024,
-            ssl=tls,
-            ssl_handshake_timeout=self.config.limits.header_timeout if tls is not None else None,
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: as_protocol(  # noqa: E731
+            ServerConnection(handler, tracker, scheme)
         )
+        if tls is not None:
+            # The handshake is started by our acceptor so a refused caller gets its alert.
+            from mesh.identity.accept import RefusalLog, acceptor_factory
+
+            timeout = self.config.limits.header_timeout
+            factory = acceptor_factory(factory, tls, timeout, RefusalLog(name))
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
         bound_port = server.sockets[0].getsockname()[1]
         listener = Listener(name, direction, host, bound_port, server, tracker)
         self.listeners.append(listener)
@@ -197,6 +222,9 @@ class Sidecar:
         self._spawn(tracker.sweep_forever)
         log.info("%s listener on %s:%d", name, host, bound_port)
         return listener
+
+    async def _add_listeners(self) -> None:
+        """Listeners a variant of the sidecar adds (the ingress gateway's); none here."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _reserve_own_ports(self) -> None:
@@ -216,6 +244,8 @@ class Sidecar:
     async def serve(self, *, task_status: TaskStatus[Sidecar] = anyio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         self._reserve_own_ports()
+        if self._tls_source is not None:
+            self.tls = await self._tls_source.load()
         outbound_pools = self._pool_factory(config.outbound_timeouts.connect, mesh=True)
         services = self.services = Services(
             self.resolver, outbound_pools, self.is_self, self._outbound_cluster_stack, self._spawn
@@ -234,7 +264,7 @@ class Sidecar:
                 self.app_cluster = app
                 tg.start_soon(self._probe_app)
                 identity = self.tls.identity if self.tls is not None else None
-                inbound = stacks.inbound_stack(config, app, identity)
+                inbound = stacks.inbound_stack(config, app, identity, self.authorizer)
                 self.inbound_protection = inbound.protection
                 await self._listen(
                     "inbound",
@@ -268,6 +298,7 @@ class Sidecar:
                     f"{config.proxy_address}:{config.proxy_port}",
                     stacks.outbound_stack(config, route),
                 )
+            await self._add_listeners()
             await self._listen("admin", "admin", config.admin, Admin(self))
             for hook in self.hooks:
                 await tg.start(hook.run, self)

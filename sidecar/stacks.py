@@ -7,6 +7,10 @@
     inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [tracing: TraceServer]
                  -> [mTLS: Authorize -> ClientCertHeader]
                  -> Deadline -> [FaultInjection] -> Bulkhead -> Balance -> Connect(app)
+    gateway:  Rescue -> DropClientTraceContext -> AccessLog -> ForwardedHeaders -> GatewayRoute
+                 -> per route:
+                 [JWT | API key] -> [RateLimit] -> [Compress] -> [Cache] -> [PrefixRewrite]
+                 -> [Deadline] -> the service's upstream stack
 
 The inbound side does not retry: its one endpoint is the local app, and the caller's
 sidecar retries what is worth retrying, with its budget.
@@ -24,6 +28,7 @@ from typing import Any
 
 from mesh.balance import make_balancer
 from mesh.cluster import Cluster
+from mesh.identity.authorize import Authorizer
 from mesh.layers.access_log import AccessLog
 from mesh.layers.authorize import Authorize
 from mesh.layers.balance import Balance
@@ -88,11 +93,18 @@ class InboundStack:
     protection: InboundProtection
 
 
-def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = None) -> InboundStack:
-    """`identity`: this sidecar's SPIFFE ID when the listener speaks mTLS."""
+def inbound_stack(
+    config: SidecarConfig,
+    app: Cluster,
+    identity: str | None = None,
+    authorizer: Authorizer | None = None,
+) -> InboundStack:
+    """`identity`: this sidecar's SPIFFE ID when the listener speaks mTLS; `authorizer`:
+    the policy when not the config's static lists (Consul intentions)."""
     layers = list(edge_layers(config, "inbound"))
     if identity is not None:
-        authorizer = config.authorization.authorizer()
+        if authorizer is None:
+            authorizer = config.authorization.authorizer()
         layers += [
             lambda inner: Authorize(inner, authorizer, identity),
             lambda inner: ClientCertHeader(inner, identity),
@@ -112,3 +124,14 @@ def inbound_stack(config: SidecarConfig, app: Cluster, identity: str | None = No
 
 def outbound_stack(config: SidecarConfig, route: Handler) -> Handler:
     return compose(route, edge_layers(config, "outbound"))
+
+
+def gateway_stack(config: SidecarConfig, routes: Handler) -> Handler:
+    """The ingress gateway's listeners: the edge (outside clients' trace context dropped
+    first: the gateway's span is the root), then its route table (whose routes end in
+    the services' upstream stacks, see `sidecar.gateway.Gateway.route_stack`)."""
+    from mesh.gateway.edge import DropClientTraceContext
+
+    layers = list(edge_layers(config, "inbound"))
+    layers.insert(1, DropClientTraceContext)  # right inside Rescue
+    return compose(routes, layers)

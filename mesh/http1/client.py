@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -82,6 +83,8 @@ class UpstreamConnection:
         #: The upstream's connection cap this connection counts against (pool.py).
         self.gauge: ResourceGauge | None = None
         self.loop = asyncio.get_event_loop()
+        #: The loop's clock, bound once: a method lookup per call adds up on the hot path.
+        self.now: Callable[[], float] = self.loop.time
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.busy = False
@@ -251,7 +254,7 @@ class UpstreamConnection:
         if self._request_done and self._response_done and self.busy:
             self.busy = False
             if self._keep_alive and not self.closed:
-                self.idle_since = self.loop.time()
+                self.idle_since = self.now()
                 self.pool.release(self)
             else:
                 self.abort()

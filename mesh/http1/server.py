@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -151,6 +153,8 @@ class ServerConnection:
         self.limits = tracker.limits
         self.scheme = scheme
         self.loop = asyncio.get_event_loop()
+        #: The loop's clock, bound once: a method lookup per call adds up on the hot path.
+        self.now: Callable[[], float] = self.loop.time
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         #: The caller's verified SPIFFE ID on a TLS listener ("" on plaintext).
@@ -180,9 +184,10 @@ class ServerConnection:
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
+        if ssl_object is not None and ssl_object.context.verify_mode != ssl.CERT_NONE:
             # The handshake is done and the chain verified; the caller's name is checked
-            # here, before a single request byte is read.
+            # here, before a single request byte is read. (A listener that asks no client
+            # certificate, the gateway's public HTTPS, has no caller identity to check.)
             self.peer_identity = peer_identity(ssl_object)
             if not self.peer_identity:
                 self.tracker.refused_identity += 1
@@ -194,7 +199,7 @@ class ServerConnection:
             self.closed = True
             self.transport.abort()
             return
-        self._phase_since = self.loop.time()
+        self._phase_since = self.now()
         Inline.start(self._serve(), self._serve_done)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -227,7 +232,7 @@ class ServerConnection:
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self._write_stalled_since = self.loop.time()
+        self._write_stalled_since = self.now()
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -280,7 +285,7 @@ class ServerConnection:
         if self._phase != BODY:
             self._head_bytes += len(data)
         else:
-            self._body_progress = self.loop.time()
+            self._body_progress = self.now()
         while True:
             try:
                 self._parser.feed_data(data)
@@ -345,7 +350,7 @@ class ServerConnection:
         self._reset_head()
         if self._phase != HEAD:
             self._phase = HEAD
-            self._phase_since = self.loop.time()
+            self._phase_since = self.now()
 
     def on_url(self, url: bytes) -> None:
         self._url = self._url + url if self._url else url
@@ -396,7 +401,7 @@ class ServerConnection:
         except MeshError as exc:
             raise _Stop(exc) from None
         self._head_bytes = 0
-        now = self.loop.time()
+        now = self.now()
         if request.body is not None:
             self._phase = BODY
             self._body_progress = now
@@ -459,7 +464,7 @@ class ServerConnection:
             keep_alive=keep_alive,
             client_addr=self.peer,
             scheme=self.scheme if scheme == b"http" else scheme,
-            received_at=self.loop.time(),
+            received_at=self.now(),
         )
         request.forwarded_for = self._xff
         request.peer_identity = self.peer_identity
@@ -481,7 +486,7 @@ class ServerConnection:
             body.finish()
             self._parsing_body = None
         self._phase = IDLE
-        self._phase_since = self.loop.time()
+        self._phase_since = self.now()
 
     # -- flow control; also the request body's producer side (see Body) -------------------
     def abandoned(self) -> None:
@@ -500,7 +505,7 @@ class ServerConnection:
             and len(self._queue) <= self.limits.max_pipelined
         ):
             self._reading_paused = False
-            self._body_progress = self.loop.time()
+            self._body_progress = self.now()
             self.transport.resume_reading()
 
     # -- the connection's one coroutine, driven inline ----------------------------------------
@@ -555,7 +560,7 @@ class ServerConnection:
             if not (ok and keep) or (self.tracker.draining and not self._queue):
                 self.close()
                 return
-            self._phase_since = self.loop.time()
+            self._phase_since = self.now()
 
     def _serve_done(self, _: None, error: BaseException | None) -> None:
         self.busy = False

@@ -1,7 +1,8 @@
 """Who may call this service: decisions by the caller's verified SPIFFE ID.
 
 Sources of policy share one small interface; the static one reads allow and deny lists of
-service names from config. Consul intentions plug in behind the same interface.
+service names from config; Consul intentions (discovery/consul_intentions.py) plug in
+behind the same interface, with the static lists taking precedence.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ class Authorizer(Protocol):
         """(allowed, why) for a caller's SPIFFE ID."""
         ...
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the policy does, so cached decisions can be dropped."""
+        ...
+
 
 @dataclass(frozen=True)
 class StaticAuthorizer:
@@ -27,6 +33,10 @@ class StaticAuthorizer:
     deny: frozenset[str] = field(default_factory=frozenset)
     #: Only identities in this trust domain count as mesh callers ("" accepts any).
     trust_domain: str = ""
+
+    @property
+    def generation(self) -> int:
+        return 0  # fixed at start-up
 
     def decide(self, caller: str) -> tuple[bool, str]:
         spiffe = parse(caller)

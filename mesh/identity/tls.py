@@ -1,4 +1,4 @@
-"""TLS between sidecars: strict contexts, the peer's SPIFFE ID, and rotation from files.
+"""TLS between sidecars: strict contexts, the peer's SPIFFE ID, and rotation.
 
 Both sides require a certificate chaining to the mesh roots; names are checked by SPIFFE
 ID, not host name. Protocol floor TLS 1.2 (1.3 preferred by both ends), forward-secret AEAD
@@ -6,7 +6,8 @@ suites only, no compression or renegotiation.
 
 Rotation: the listening context has an SNI callback that hands each new handshake the
 latest context, and pools take the latest client context for each new connection, so new
-files apply to new connections while established ones carry on.
+material applies to new connections while established ones carry on. Sources (files here,
+Consul's CA in discovery/consul_ca.py) only produce PEMs and hand them to `install`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,47 +66,83 @@ class Material:
     identity: str
     serial: int
     not_after: dt.datetime
+    not_before: dt.datetime
 
 
-class TlsFiles:
-    """Cert, key and roots files, loaded into contexts and reloaded when they change."""
+@dataclass(frozen=True)
+class Pems:
+    """What every certificate source produces: the leaf (chain), its key, the roots."""
 
-    def __init__(self, cert: Path, key: Path, roots: Path) -> None:
-        self.paths = (cert, key, roots)
+    cert: bytes
+    key: bytes
+    roots: bytes
+    #: Where they came from, for messages ("files a, b, c", "consul leaf for web").
+    origin: str
+
+
+def _leaf_facts(cert_pem: bytes, origin: str) -> tuple[str, x509.Certificate]:
+    try:
+        leaf = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise TlsConfigError(f"cannot read certificate {origin}: {exc}") from None
+    try:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    identity = next((u for u in uris if parse(u) is not None), "")
+    if not identity:
+        raise TlsConfigError(f"{origin} carries no SPIFFE ID (URI SAN)")
+    return identity, leaf
+
+
+def _contexts(pems: Pems) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts; ssl loads a key only from a file, so the PEMs go through
+    a private temporary directory that is removed at once."""
+    with tempfile.TemporaryDirectory(prefix="mesh-tls-") as tmp:
+        directory = Path(tmp)
+        paths = []
+        for name, data in (
+            ("cert.pem", pems.cert),
+            ("key.pem", pems.key),
+            ("roots.pem", pems.roots),
+        ):
+            path = directory / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            paths.append(path)
+        try:
+            return server_context(*paths), client_context(*paths)
+        except TlsConfigError as exc:
+            # Name the real origin, not the temporary files.
+            where = f"{paths[0]}, {paths[1]} or {paths[2]}"
+            raise TlsConfigError(str(exc).replace(where, pems.origin)) from None
+
+
+def material_from(pems: Pems) -> Material:
+    identity, leaf = _leaf_facts(pems.cert, pems.origin)
+    server, client = _contexts(pems)
+    return Material(
+        server, client, identity, leaf.serial_number, leaf.not_valid_after_utc,
+        leaf.not_valid_before_utc,
+    )  # fmt: skip
+
+
+class RotatingTls:
+    """The current certificate material, swapped whole when a source brings new PEMs.
+
+    Whatever the source (files, Consul's CA), the listener keeps one context whose SNI
+    callback hands each new handshake the latest server context, and pools ask for the
+    latest client context per new connection: established connections carry on.
+    """
+
+    def __init__(self, first: Pems) -> None:
         self.reloads = 0
         self.last_error = ""
-        self._stamp = self._mtimes()
-        self.current = self._load()
-        self._listening = server_context(cert, key, roots)
+        self.current = material_from(first)
+        self._listening, _ = _contexts(first)
         self._listening.sni_callback = self._pick_context
-
-    def _mtimes(self) -> tuple[int, ...]:
-        try:
-            return tuple(os.stat(p).st_mtime_ns for p in self.paths)
-        except OSError:
-            return ()
-
-    def _load(self) -> Material:
-        cert, key, roots = self.paths
-        try:
-            leaf = x509.load_pem_x509_certificate(cert.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise TlsConfigError(f"cannot read certificate {cert}: {exc}") from None
-        try:
-            sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            uris = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
-        except x509.ExtensionNotFound:
-            uris = []
-        identity = next((u for u in uris if parse(u) is not None), "")
-        if not identity:
-            raise TlsConfigError(f"{cert} carries no SPIFFE ID (URI SAN)")
-        return Material(
-            server_context(cert, key, roots),
-            client_context(cert, key, roots),
-            identity,
-            leaf.serial_number,
-            leaf.not_valid_after_utc,
-        )
 
     def _pick_context(self, ssl_object: ssl.SSLObject, name: str | None, _: Any) -> None:
         ssl_object.context = self.current.server
@@ -121,24 +159,24 @@ class TlsFiles:
     def client_context(self) -> ssl.SSLContext:
         return self.current.client
 
-    def reload_if_changed(self) -> bool:
-        """Load the files again if any changed; keep the old material if the new is bad."""
-        stamp = self._mtimes()
-        if stamp == self._stamp or not stamp:
-            return False
+    def install(self, pems: Pems) -> bool:
+        """Use new PEMs for new handshakes; keep the old material if the new is bad."""
         try:
-            material = self._load()
+            material = material_from(pems)
         except TlsConfigError as exc:
-            # A half-written rotation (new cert, old key) fails here; the next poll retries.
             self.last_error = str(exc)
             log.warning("keeping the current certificate: %s", exc)
             return False
-        self._stamp = stamp
         self.current = material
         self.reloads += 1
         self.last_error = ""
         log.info("loaded certificate serial %x for %s", material.serial, material.identity)
         return True
+
+    def renew_at(self, fraction: float = 2 / 3) -> dt.datetime:
+        """When the current leaf should be replaced: `fraction` of its validity."""
+        material = self.current
+        return material.not_before + (material.not_after - material.not_before) * fraction
 
     def statistics(self) -> dict[str, Any]:
         material = self.current
@@ -151,3 +189,46 @@ class TlsFiles:
             "reloads": self.reloads,
             "last_error": self.last_error or None,
         }
+
+
+class TlsFiles(RotatingTls):
+    """Cert, key and roots files, loaded into contexts and reloaded when they change."""
+
+    def __init__(self, cert: Path, key: Path, roots: Path) -> None:
+        self.paths = (cert, key, roots)
+        self._stamp = self._mtimes()
+        super().__init__(self._read())
+
+    def _mtimes(self) -> tuple[int, ...]:
+        try:
+            return tuple(os.stat(p).st_mtime_ns for p in self.paths)
+        except OSError:
+            return ()
+
+    def _read(self) -> Pems:
+        cert, key, roots = self.paths
+        data = []
+        for path in self.paths:
+            try:
+                data.append(path.read_bytes())
+            except OSError as exc:
+                what = "certificate" if path == cert else "file"
+                raise TlsConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+        return Pems(data[0], data[1], data[2], f"{cert}, {key} or {roots}")
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if any changed; keep the old material if the new is bad."""
+        stamp = self._mtimes()
+        if stamp == self._stamp or not stamp:
+            return False
+        try:
+            pems = self._read()
+        except TlsConfigError as exc:
+            self.last_error = str(exc)
+            log.warning("keeping the current certificate: %s", exc)
+            return False
+        if not self.install(pems):
+            # A half-written rotation (new cert, old key) fails here; the next poll retries.
+            return False
+        self._stamp = stamp
+        return True

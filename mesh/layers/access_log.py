@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from mesh.http1.message import Request, Response
@@ -27,7 +28,7 @@ class AccessLog:
         self.fields = fields
         self.direction = direction
         self.stream = stream or sys.stdout
-        self._loop = asyncio.get_event_loop()
+        self._now: Callable[[], float] = asyncio.get_event_loop().time
 
     async def handle(self, request: Request) -> Response:
         request.add_completion(self._write)
@@ -46,7 +47,7 @@ class AccessLog:
             "mesh_error": (response.error_reason if response is not None else "") or error or None,
             "service": request.service or None,
             "upstream": getattr(endpoint, "address", None),
-            "duration_ms": round((self._loop.time() - request.received_at) * 1000, 3),
+            "duration_ms": round((self._now() - request.received_at) * 1000, 3),
             "bytes_in": request.body.received if request.body is not None else 0,
             "bytes_out": sent,
             "client": request.client_addr,

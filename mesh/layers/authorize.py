@@ -1,7 +1,8 @@
 """Inbound: refuse callers the policy does not allow, before anything reaches the app.
 
 Decisions are cached per caller identity: a keep-alive connection from one caller sends
-many requests, and the policy only changes by replacing the authorizer (a new cache).
+many requests. The cache is dropped whenever the authorizer's generation changes (Consul
+intentions changed), so a new policy applies to the next request.
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ class Authorize:
         self.authorizer = authorizer
         self.own_identity = own_identity
         self._decided: dict[str, tuple[bool, str]] = {}
+        self._generation = authorizer.generation
         self.denied = 0
 
     async def handle(self, request: Request) -> Response:
         caller = request.peer_identity
+        generation = self.authorizer.generation
+        if generation != self._generation:
+            self._decided.clear()
+            self._generation = generation
         decision = self._decided.get(caller)
         if decision is None:
             decision = self.authorizer.decide(caller)

@@ -7,6 +7,7 @@ that finishes in time pays for a single timer handle at most.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
@@ -16,10 +17,10 @@ class Deadline:
     def __init__(self, inner: Handler, timeout: float) -> None:
         self.inner = inner
         self.timeout = timeout
-        self._loop = asyncio.get_event_loop()
+        self._now: Callable[[], float] = asyncio.get_event_loop().time
 
     async def handle(self, request: Request) -> Response:
-        deadline = self._loop.time() + self.timeout
+        deadline = self._now() + self.timeout
         if request.deadline is None or deadline < request.deadline:
             request.deadline = deadline
         return await self.inner.handle(request)

@@ -60,6 +60,10 @@ class Retry:
     ) -> None:
         self.inner = inner
         self.policy = policy
+        # Native copies of the (interpreted) policy's fields read on every request.
+        self._max_retries = policy.max_retries
+        self._per_try = policy.per_try_timeout
+        self._defer = policy.defer_to_caller
         self.budget = budget
         self.latency = latency or AttemptLatency()
         self.retries_gauge = retries_gauge
@@ -78,10 +82,9 @@ class Retry:
         started = clock()
         self.requests += 1
         self.budget.deposit(started)
-        policy = self.policy
         caller = hop.read_caller(request.headers)
-        allowance = hop.ALL if caller is None else hop.allowance(caller, policy.defer_to_caller)
-        if allowance == hop.NONE or policy.max_retries == 0:
+        allowance = hop.ALL if caller is None else hop.allowance(caller, self._defer)
+        if allowance == hop.NONE or self._max_retries == 0:
             if allowance == hop.NONE:
                 self._count(CALLER_RETRIED)
             return await self.inner.handle(request)
@@ -94,7 +97,7 @@ class Retry:
                 return await self.inner.handle(request)
             started = clock()
 
-        per_try = policy.per_try_timeout
+        per_try = self._per_try
         deadline = request.deadline
         if caller is not None and caller.deadline_ms is not None:
             # The caller gives up by then; our answer after it would go nowhere.

@@ -19,6 +19,8 @@ T = TypeVar("T")
 class BulkheadSlots(Generic[T]):
     def __init__(self, policy: BulkheadPolicy, label: str = "") -> None:
         self.policy = policy
+        #: Read per request: a native copy of the (interpreted) policy's field.
+        self.max_concurrent = policy.max_concurrent
         self.label = label
         self.in_use = 0
         self._queue: deque[T] = deque()
@@ -34,7 +36,7 @@ class BulkheadSlots(Generic[T]):
 
     def try_acquire(self) -> bool:
         """Take a slot at once if one is free and nobody is waiting for it."""
-        if self.in_use < self.policy.max_concurrent and not self._queue:
+        if self.in_use < self.max_concurrent and not self._queue:
             self.in_use += 1
             self.admitted += 1
             if self.in_use > self.peak_in_use:

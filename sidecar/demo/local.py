@@ -1,12 +1,13 @@
 """`mesh demo`: the demo mesh as local processes, with traffic and a live view.
 
 Each service runs as `mesh attach ... -- python -m sidecar.demo.app` (its sidecar first,
-then the app). Discovery is a static catalog of the sidecars' inbound listeners, or, with
-`--discovery consul` (or `auto` when scripts/install-consul.sh can provide an agent), a Consul
-dev agent the demo starts on free loopback ports: every sidecar registers its service there
-and finds its peers through it. A load loop calls the entry service; every second a line
-shows what it saw. Ctrl-C (or --duration) stops every process this demo started, by PID,
-and waits for them; the sidecars deregister before the agent stops.
+then the app); outside traffic enters through `mesh gateway`, the mesh's ingress gateway.
+Discovery is a static catalog of the sidecars' inbound listeners, or, with `--discovery
+consul` (or `auto` when scripts/install-consul.sh can provide an agent), a Consul dev agent
+the demo starts on free loopback ports: every sidecar registers its service there and finds
+its peers through it. A load loop calls the gateway; every second a line shows what it saw.
+Ctrl-C (or --duration) stops every process this demo started, by PID, and waits for them;
+the sidecars deregister before the agent stops.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import httpcore
 from anyio.abc import Process
 
 from sidecar.demo.consul_agent import DevAgent, find_consul
-from sidecar.demo.topology import ENTRY, SERVICES
+from sidecar.demo.topology import ENTRY, GATEWAY, GATEWAY_ROUTES, SERVICES
 from sidecar.signals import stop_on_signals
 
 log = logging.getLogger("sidecar.demo")
@@ -115,6 +116,39 @@ async def start_services(
             f"admin :{run.admin}  (pid {run.process.pid})")  # fmt: skip
 
 
+async def start_gateway(
+    workdir: Path, services: list[Running], agent: DevAgent | None = None
+) -> None:
+    """The ingress gateway in front of the entry service, found the way the sidecars are."""
+    run = Running(GATEWAY, 0, free_port(), free_port())
+    config: dict[str, Any] = {
+        "service": GATEWAY,
+        "admin": f"127.0.0.1:{run.admin}",
+        "ingress": {"listen": f"127.0.0.1:{run.inbound}"},
+        "access_log": True,
+        "log_level": "warning",
+        "routes": [
+            {"name": service, "prefix": prefix, "service": service, "cache": service != ENTRY}
+            for prefix, service in GATEWAY_ROUTES
+        ],
+    }
+    if agent is not None:
+        config["consul"] = {**CONSUL_SETTINGS["consul"], "address": agent.address}
+    else:
+        config["catalog"] = str(workdir / "catalog.json")
+    config_path = workdir / "gateway.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    mesh = str(Path(sys.executable).with_name("mesh"))
+    log_file = open(workdir / f"{GATEWAY}.log", "wb")  # noqa: SIM115, ASYNC230
+    run.process = await anyio.open_process(
+        [mesh, "gateway", "--config", str(config_path)],
+        stdin=None, stdout=log_file, stderr=log_file,
+    )  # fmt: skip
+    services.append(run)
+    say(f"  started {GATEWAY:<10} ingress :{run.inbound}  admin :{run.admin}  "
+        f"(pid {run.process.pid})")  # fmt: skip
+
+
 async def wait_ready(services: list[Running], pool: httpcore.AsyncConnectionPool) -> None:
     with anyio.fail_after(30):
         for run in services:
@@ -145,7 +179,7 @@ async def wait_registered(agent: DevAgent, pool: httpcore.AsyncConnectionPool) -
 
 
 async def warm_up(entry: Running, pool: httpcore.AsyncConnectionPool) -> None:
-    """Until the entry answers through the whole mesh: every caller's sidecar has seen its
+    """Until the gateway answers through the whole mesh: every caller's sidecar has seen its
     peers (a watch may trail the agent by up to its rate limit, a second)."""
     with anyio.fail_after(30):
         while True:
@@ -269,8 +303,9 @@ async def start_mesh(
         assert agent.process is not None
         say(f"  started consul agent {agent.address}  (pid {agent.process.pid})")
     await start_services(workdir, mesh.services, agent)
+    await start_gateway(workdir, mesh.services, agent)
     await wait_ready(mesh.services, pool)
-    entry = next(s for s in mesh.services if s.name == ENTRY)
+    entry = next(s for s in mesh.services if s.name == GATEWAY)
     if agent is not None:
         await wait_registered(agent, pool)
         await warm_up(entry, pool)
@@ -279,7 +314,10 @@ async def start_mesh(
 
 async def run_demo(duration: float, rps: float, discovery: str = "static") -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
-    say(f"== mesh demo: {len(SERVICES)} services, each behind its sidecar (logs in {workdir})")
+    say(
+        f"== mesh demo: {len(SERVICES)} services, each behind its sidecar, and an ingress "
+        f"gateway (logs in {workdir})"
+    )
     mesh = Mesh()
     stats = Stats()
     stop = anyio.Event()
@@ -292,7 +330,7 @@ async def run_demo(duration: float, rps: float, discovery: str = "static") -> in
                 with anyio.CancelScope() as running:
                     outer.start_soon(_cancel_when, stop, running)
                     entry = await start_mesh(mesh, discovery, workdir, pool)
-                    say(f"== sending {rps:g} req/s to {ENTRY}; Ctrl-C to stop\n")
+                    say(f"== sending {rps:g} req/s to {GATEWAY} -> {ENTRY}; Ctrl-C to stop\n")
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(load, entry, rps, stats, pool)
                         tg.start_soon(live_view, mesh.services, stats, pool)

@@ -23,3 +23,8 @@ SERVICES: tuple[DemoService, ...] = (
 )
 
 ENTRY = SERVICES[0].name
+
+#: The mesh's one entry point for outside clients: the ingress gateway, and its routes
+#: (prefix -> service). The catalog's product pages are cacheable.
+GATEWAY = "gateway"
+GATEWAY_ROUTES: tuple[tuple[str, str], ...] = (("/products", "products"), ("/", ENTRY))

@@ -161,11 +161,6 @@ def test_untrusted_caller_is_refused_at_the_handshake(
     assert_first_to_reach_app(inbound)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the listener closes without sending the TLS alert (asyncio/uvloop drop the "
-    "alert OpenSSL queues when the handshake fails): the caller sees a bare EOF or reset",
-)
 @pytest.mark.parametrize("case", CASES)
 def test_refusal_tells_the_caller_why_with_an_alert(
     inbound: Inbound, tmp_path: Path, case: str
@@ -176,10 +171,6 @@ def test_refusal_tells_the_caller_why_with_an_alert(
     assert result.alert() == alert, f"no {alert}; the connection ended with {result.error!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused handshake is not logged at all (row 18: reason logged)",
-)
 def test_refusal_is_logged_with_its_reason(inbound: Inbound, tmp_path: Path) -> None:
     context, _ = refused_callers(inbound.pki, tmp_path)["unknown-ca"]
     watch = LogWatch(inbound.proc)

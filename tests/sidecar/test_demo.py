@@ -19,8 +19,8 @@ from tests.support.processes import MeshProcess, wait_until
 
 pytestmark = pytest.mark.timeout(45)
 
-#: One `mesh attach` per service, and the app it runs.
-EXPECTED_CHILDREN = 2 * len(SERVICES)
+#: One `mesh attach` per service, and the app it runs; and the ingress gateway.
+EXPECTED_CHILDREN = 2 * len(SERVICES) + 1
 
 
 def record_children(demo: MeshProcess, timeout: float = 20) -> dict[int, int]:
@@ -72,6 +72,7 @@ def test_demo_with_duration_reports_and_stops_everything(
     for service in SERVICES:
         assert re.search(rf"started {service.name}\s", text), text
         assert re.search(rf"ready\s+{service.name}\b", text), text
+    assert re.search(r"ready\s+gateway\b", text), text
     assert re.search(r"load:\s+\d+ req/s", text), text
     assert_clean_finish(demo, started)
 
