@@ -32,8 +32,8 @@ class TraceAttempt:
 
     def handle(self, request: Request) -> Coroutine[Any, Any, Response]:
         context = request.trace
-        # Inbound requests have their SERVER span; unsampled ones carry their headers already.
-        if context is None or context.inbound or not context.sampled:
+        # Unsampled requests carry their headers already.
+        if context is None or not context.sampled:
             return self.inner.handle(request)
         return self._attempt(request, context)
 
@@ -54,19 +54,28 @@ class TraceAttempt:
         except MeshError as exc:
             context.last_error = exc.reason
             tracer.record(
-                CLIENT, context, span_id, context.parent_id, start, request, None, exc.reason,
+                CLIENT, context, span_id, context.attempt_parent, start, request, None, exc.reason,
                 peer, resend,
             )  # fmt: skip
             raise
         except Exception:
             context.last_error = INTERNAL_REASON
             tracer.record(
-                CLIENT, context, span_id, context.parent_id, start, request, None,
+                CLIENT, context, span_id, context.attempt_parent, start, request, None,
                 INTERNAL_REASON, peer, resend,
             )  # fmt: skip
             raise
         context.last_error = response.error_reason
         tracer.record(
-            CLIENT, context, span_id, context.parent_id, start, request, response, "", peer, resend
+            CLIENT,
+            context,
+            span_id,
+            context.attempt_parent,
+            start,
+            request,
+            response,
+            "",
+            peer,
+            resend,
         )
         return response

@@ -1,6 +1,7 @@
 """Inbound: a SERVER span continuing the caller's context, and that context passed to the app.
 
-The app sees this sidecar's SERVER span as its parent; when it forwards the trace headers it
+The app sees this sidecar's SERVER span as its parent (as do the CLIENT attempts when the
+stack behind is a gateway's routes); when it forwards the trace headers it
 received on its own outgoing calls, those calls join the same trace. An unsampled request
 gets no span: its context is only parsed and written back.
 """
@@ -29,7 +30,7 @@ class TraceServer:
         context = tracer.continue_or_start(request)
         context.inbound = True
         if context.sampled:
-            context.span_id = new_span_id()
+            context.span_id = context.attempt_parent = new_span_id()
             context.start_ns = time.time_ns()
             request.add_completion(self._finish)
         tracer.propagate(request, context)
@@ -41,7 +42,7 @@ class TraceServer:
         self.tracer.record(
             SERVER,
             context,
-            context.span_id,
+            context.attempt_parent,  # this span's id (attempts behind it may move span_id)
             context.parent_id,
             context.start_ns,
             request,

@@ -37,6 +37,7 @@ class TraceContext:
     """
 
     __slots__ = (
+        "attempt_parent",
         "attempts",
         "baggage",
         "inbound",
@@ -74,6 +75,9 @@ class TraceContext:
         self.recorded = False
         #: The reason the latest recorded attempt failed with ("" when it got a response).
         self.last_error = ""
+        #: The parent of this sidecar's CLIENT attempt spans: the caller's span on the
+        #: outbound edge, this sidecar's SERVER span behind an inbound edge (the gateway).
+        self.attempt_parent = parent_id
 
     def __repr__(self) -> str:
         return (
