@@ -137,27 +137,35 @@ class FileExport:
 class OtlpHttpExport:
     """OTLP over HTTP/protobuf, gzip: the protobuf written straight from the records
     (`otlp_wire`, several times cheaper than the SDK's encoder; bench/tracing.py measures
-    both), POSTed with a short timeout. A failed batch is dropped (counted by the queue):
-    retrying it would only hold newer spans back while the collector is unwell."""
+    both), POSTed with httpcore (the sidecar's own HTTP client) and a short timeout. A failed
+    batch is dropped (counted by the queue): retrying it would only hold newer spans back
+    while the collector is unwell."""
 
     def __init__(
         self, endpoint: str, headers: Mapping[str, str], timeout: float, resource: Mapping[str, str]
     ) -> None:
-        import requests
+        import httpcore
 
         from mesh.tracing.otlp_wire import Encoder
 
         self.endpoint = endpoint
-        self.timeout = timeout
         self.encoder = Encoder(resource, SCOPE_NAME)
-        self.session = requests.Session()
-        self.session.headers.update(
-            {
-                **headers,
-                "Content-Type": "application/x-protobuf",
-                "Content-Encoding": "gzip",
-                "User-Agent": "pymesh-sidecar",
-            }
+        self.pool = httpcore.ConnectionPool(max_connections=1)
+        self.headers = [
+            *headers.items(),
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+            ("User-Agent", "pymesh-sidecar"),
+        ]
+        self.extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
+        self._errors: tuple[type[Exception], ...] = (
+            httpcore.NetworkError,
+            httpcore.TimeoutException,
+            httpcore.ProtocolError,
+            httpcore.UnsupportedProtocol,
+            OSError,
         )
 
     def encode(self, records: Sequence[SpanRecord]) -> bytes:
@@ -167,17 +175,23 @@ class OtlpHttpExport:
     def export(self, records: Sequence[SpanRecord]) -> bool:
         body = gzip.compress(self.encode(records), compresslevel=1)
         try:
-            reply = self.session.post(self.endpoint, data=body, timeout=self.timeout)
-        except OSError as exc:  # requests' errors are OSErrors: refused, timed out, reset
-            log.debug("span export to %s failed: %s", self.endpoint, exc)
+            reply = self.pool.request(
+                "POST",
+                self.endpoint,
+                headers=self.headers,
+                content=body,
+                extensions=self.extensions,
+            )
+        except self._errors as exc:  # refused, timed out, reset, not HTTP
+            log.debug("span export to %s failed: %r", self.endpoint, exc)
             return False
-        if not 200 <= reply.status_code < 300:
-            log.debug("span export to %s: HTTP %d", self.endpoint, reply.status_code)
+        if not 200 <= reply.status < 300:
+            log.debug("span export to %s: HTTP %d", self.endpoint, reply.status)
             return False
         return True
 
     def shutdown(self) -> None:
-        self.session.close()
+        self.pool.close()
 
 
 class OtlpExport:
