@@ -49,6 +49,9 @@ HOT_MODULES = [
     "mesh/resilience/limits.py",
     "mesh/resilience/latency.py",
     "mesh/resilience/hop.py",
+    # Request counters on every stack (read at scrape time by a collector, not compiled).
+    "mesh/metrics/histogram.py",
+    "mesh/metrics/requests.py",
 ]
 
 

@@ -22,6 +22,7 @@ from mesh.cluster import Cluster
 from mesh.http1.client import UpstreamConnection
 from mesh.http1.pool import EndpointPool
 from mesh.http1.server import ConnectionTracker, ServerConnection
+from mesh.metrics.requests import RequestMetrics
 from sidecar import stacks
 from sidecar.config import SidecarConfig
 
@@ -62,7 +63,7 @@ class MemoryTransport:
 class MemoryPool(EndpointPool):
     """A pool whose connections answer every request with RESPONSE on the next loop turn."""
 
-    async def connect(self) -> UpstreamConnection:
+    async def connect(self, deadline: float | None = None) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self)
         conn.connection_made(
@@ -80,7 +81,9 @@ class Services:
             lambda e: False,
         )
         cluster.update(EndpointSet("app", (Endpoint("127.0.0.1", 15001),)))
-        self._stack = stacks.upstream_stack(config, cluster, config.policy_book()).handler
+        upstream = stacks.upstream_stack(config, cluster, config.policy_book())
+        # As a sidecar ships: every upstream's requests counted for /metrics.
+        self._stack = RequestMetrics("bench").observe(upstream.handler, "outbound", "app")
 
     def knows(self, service: str) -> bool:
         return service == "app"

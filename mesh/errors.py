@@ -99,6 +99,11 @@ class UpstreamConnectFailed(MeshError):
     status, reason = 503, "upstream-connect-failed"
     never_sent = True
 
+    def __init__(self, detail: str = "", timed_out: bool = False) -> None:
+        super().__init__(detail)
+        #: No answer within the connect timeout (a blackhole), rather than a refusal.
+        self.timed_out = timed_out
+
 
 class UpstreamReset(MeshError):
     status, reason = 502, "upstream-reset"

@@ -26,6 +26,9 @@ class HttpLimits:
     write_timeout: float = 30.0
     #: Open connections per listener; more are closed at once (Envoy edge: 10k-100k).
     max_connections: int = 10_000
+    #: Request body bytes buffered per connection before reading from the client pauses
+    #: (flow control; Envoy's `per_connection_buffer_limit_bytes` is 1 MiB, edge 32 KiB).
+    body_buffer_bytes: int = 256 * 1024
     #: Requests parsed ahead of the one in progress before reading pauses.
     max_pipelined: int = 16
     #: Accept HTTP/1.0 requests (answered without keep-alive unless asked).

@@ -10,6 +10,8 @@ Bound to loopback by default: it reveals topology and, later, takes control acti
     GET /certs      this sidecar's certificate: identity, serial, expiry, reloads
     GET /tracing    spans recorded, exported, failed and dropped (queue full)
     GET /gateway    (gateway only) routes, JWT key sets, response cache
+
+Metrics, the log level, drain and reload: see sidecar/admin_control.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.http1.message import Request, Response
+from sidecar.admin_control import Control, current_level, metrics_response
 from sidecar.tracing_wiring import statistics as tracing_statistics
 
 if TYPE_CHECKING:
@@ -44,18 +47,24 @@ class Admin:
                 200, sidecar.tls.statistics() if sidecar.tls is not None else {"mtls": False}
             ),
             b"/tracing": lambda: json_response(200, tracing_statistics(sidecar.config)),
+            b"/metrics": lambda: metrics_response(sidecar),
+            b"/logging": lambda: json_response(200, {"level": current_level()}),
         }
         gateway_snapshot = getattr(sidecar, "gateway_snapshot", None)
         if gateway_snapshot is not None:
             self._routes[b"/gateway"] = lambda: json_response(200, gateway_snapshot())
+        self._control = Control(sidecar, json_response)
 
     async def handle(self, request: Request) -> Response:
+        if request.method == b"POST" and request.path in self._control.routes:
+            return self._control.handle(request)
         route = self._routes.get(request.path)
-        if route is None:
+        if route is None and request.path not in self._control.routes:
+            paths = {*self._routes, *self._control.routes}
             return json_response(
-                404, {"error": "not found", "paths": sorted(p.decode() for p in self._routes)}
+                404, {"error": "not found", "paths": sorted(p.decode() for p in paths)}
             )
-        if request.method not in (b"GET", b"HEAD"):
+        if route is None or request.method not in (b"GET", b"HEAD"):
             return json_response(405, {"error": "method not allowed"})
         return route()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 from anyio.abc import Process
@@ -59,9 +59,15 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def run_attached(config: SidecarConfig, command: Sequence[str]) -> int:
+async def run_attached(
+    config: SidecarConfig,
+    command: Sequence[str],
+    loader: Callable[[], SidecarConfig] | None = None,
+) -> int:
     sidecar = make_sidecar(config)
+    sidecar.config_loader = loader
     stop_requested = anyio.Event()
+    sidecar.graceful_stop = stop_requested.set
     async with anyio.create_task_group() as tg:
         await tg.start(stop_on_signals, stop_requested.set)
         await tg.start(sidecar.serve)

@@ -7,7 +7,7 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -136,6 +136,19 @@ def sidecar_options(fn: Any) -> Any:
 
 
 def load_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
+    try:
+        return build_config(config_file, **flags)
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+
+
+def config_loader(config_file: Path | None, **flags: Any) -> Callable[[], SidecarConfig]:
+    """Builds the config again from the same file and flags (SIGHUP, POST /reload)."""
+    return lambda: build_config(config_file, **flags)
+
+
+def build_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
+    """The file, then the flags given; ConfigError names the key."""
     consul = {
         "address": flags.pop("consul_address", None),
         "token_file": flags.pop("consul_token_file", None),
@@ -143,11 +156,8 @@ def load_config(config_file: Path | None, **flags: Any) -> SidecarConfig:
     flags["consul"] = {key: value for key, value in consul.items() if value is not None}
     tls = {part: flags.pop(f"tls_{part}", None) for part in ("cert", "key", "roots", "source")}
     flags["tls"] = {part: path for part, path in tls.items() if path is not None}
-    try:
-        flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())
-        return build(config_file, flags)
-    except ConfigError as exc:
-        raise click.ClickException(f"config error: {exc}") from None
+    flags["upstreams"] = tuple(parse_upstream_flag(u) for u in flags.get("upstreams") or ())
+    return build(config_file, flags)
 
 
 @click.group()
@@ -163,7 +173,7 @@ def sidecar(config_file: Path | None, **flags: Any) -> None:
     config = load_config(config_file, **flags)
     setup_logging(config.log_level)
     with startup_errors():
-        run_async(_serve_until_signal, config)
+        run_async(_serve_until_signal, config, config_loader(config_file, **flags))
     exit_now(0)
 
 
@@ -184,10 +194,13 @@ def startup_errors() -> Iterator[None]:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
-async def _serve_until_signal(config: SidecarConfig) -> None:
+async def _serve_until_signal(
+    config: SidecarConfig, loader: Callable[[], SidecarConfig] | None = None
+) -> None:
     from sidecar.consul_wiring import make_sidecar
 
     sidecar = make_sidecar(config)
+    sidecar.config_loader = loader
     async with anyio.create_task_group() as tg:
         # Signals are handled from the start: a SIGTERM during start-up is a clean stop too.
         await tg.start(stop_on_signals, sidecar.request_stop)
@@ -235,7 +248,7 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
     config = load_config(config_file, **flags)
     setup_logging(config.log_level)
     with startup_errors():
-        code = run_async(run_attached, config, list(command))
+        code = run_async(run_attached, config, list(command), config_loader(config_file, **flags))
     exit_now(code)
 
 
@@ -255,11 +268,18 @@ def attach(config_file: Path | None, command: tuple[str, ...], **flags: Any) -> 
     help="Static catalog, or a Consul dev agent the demo starts (auto: Consul when "
     "scripts/install-consul.sh can provide one, else static).",
 )
-def demo(duration: float, rps: float, discovery: str) -> None:
+@click.option(
+    "--payments",
+    type=click.Choice(["ok", "slow", "failing", "down"]),
+    default="ok",
+    show_default=True,
+    help="The payments switch once traffic starts (flip it while running: o/s/f/d + Enter).",
+)
+def demo(duration: float, rps: float, discovery: str, payments: str) -> None:
     """Run the local demo mesh: services with sidecars, traffic, and a summary."""
     from sidecar.demo.local import run_demo
 
-    sys.exit(run_async(run_demo, duration, rps, discovery))
+    sys.exit(run_async(run_demo, duration, rps, discovery, payments))
 
 
 @main.group()

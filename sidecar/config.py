@@ -67,6 +67,7 @@ class LimitsConfig(_Model):
     max_connections: int = Field(10_000, ge=1)
     max_pipelined: int = Field(16, ge=1, le=1024)
     allow_http10: bool = True
+    body_buffer_bytes: int = Field(256 * 1024, ge=4096, le=64 * 1024 * 1024)
 
     def policy(self) -> HttpLimits:
         return HttpLimits(**self.model_dump())
@@ -199,6 +200,19 @@ class AuthorizationConfig(_Model):
         return StaticAuthorizer(self.default != "deny", frozenset(self.allow), frozenset(self.deny))
 
 
+class MetricsConfig(_Model):
+    """Where Prometheus scrapes. `/metrics` is always on the admin listener too."""
+
+    #: A second listener serving only GET /metrics, e.g. 0.0.0.0:9102 for a Prometheus in
+    #: another container; control endpoints stay on the admin listener (loopback).
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hostport(value)
+
+
 class SidecarConfig(_Model):
     service: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     app_host: str = "127.0.0.1"
@@ -223,6 +237,7 @@ class SidecarConfig(_Model):
     consul: ConsulConfig = ConsulConfig()
     tls: TlsConfig | None = None
     authorization: AuthorizationConfig = AuthorizationConfig()
+    metrics: MetricsConfig = MetricsConfig()
     #: Defaults for calling every upstream (sidecar/policies.py; timeouts: outbound_timeouts).
     resilience: UpstreamPolicies = UpstreamPolicies()
     #: Per upstream service: overrides of `resilience` (and `timeouts`), merged key by key.

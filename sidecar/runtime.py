@@ -41,10 +41,12 @@ from mesh.layers.passthrough import Passthrough
 from mesh.layers.route import Route
 from mesh.stack import Handler
 from sidecar import stacks
-from sidecar.admin import Admin
+from sidecar.admin import Admin, json_response
+from sidecar.admin_control import MetricsOnly
 from sidecar.config import SidecarConfig
+from sidecar.metrics import ObservedUpstream, SidecarMetrics
+from sidecar.reload import ConfigLoader, reload_on_hangup
 from sidecar.services import Services
-from sidecar.upstream_stack import UpstreamStack
 
 if TYPE_CHECKING:
     from mesh.identity.authorize import Authorizer
@@ -143,6 +145,11 @@ class Sidecar:
         self.app_cluster: Cluster | None = None
         self.inbound_protection: stacks.InboundProtection | None = None
         self._policy_book = config.policy_book()
+        self.metrics = SidecarMetrics(self)
+        #: Re-reads the config for SIGHUP and POST /reload (set by the CLI).
+        self.config_loader: ConfigLoader | None = None
+        #: What POST /drain calls: a stop as on SIGTERM (`mesh attach` puts its own here).
+        self.graceful_stop: Callable[[], None] = self.request_stop
 
     # -- wiring -------------------------------------------------------------------------------
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -186,8 +193,9 @@ class Sidecar:
             await anyio.sleep(1.0)
             self.tls.reload_if_changed()
 
-    def _outbound_cluster_stack(self, cluster: Cluster) -> UpstreamStack:
-        return stacks.upstream_stack(self.config, cluster, self._policy_book)
+    def _outbound_cluster_stack(self, cluster: Cluster) -> ObservedUpstream:
+        upstream = stacks.upstream_stack(self.config, cluster, self._policy_book)
+        return self.metrics.observe_upstream(upstream, cluster.name)
 
     async def _listen(
         self,
@@ -232,6 +240,8 @@ class Sidecar:
         discovery may answer first, and an endpoint that is us must never be dialled."""
         config = self.config
         addresses = [config.admin, *(f"x:{u.local_port}" for u in config.upstreams)]
+        if config.metrics.listen is not None:
+            addresses.append(config.metrics.listen)
         if config.listen is not None:
             addresses.append(config.listen)
         if config.proxy_port:
@@ -253,6 +263,9 @@ class Sidecar:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(SWEEPER.run)
+            tg.start_soon(self.metrics.loop_lag.run)
+            if self.config_loader is not None:
+                tg.start_soon(reload_on_hangup, self)
             if self.tls is not None:
                 tg.start_soon(self._watch_tls)
             # Reserve the listener ports first so loop detection knows them from the start.
@@ -270,7 +283,7 @@ class Sidecar:
                     "inbound",
                     "inbound",
                     config.listen,
-                    inbound.handler,
+                    self.metrics.observe(inbound.handler, "inbound", config.service),
                     self.tls.listening_context if self.tls is not None else None,
                 )
             for upstream in config.upstreams:
@@ -300,6 +313,10 @@ class Sidecar:
                 )
             await self._add_listeners()
             await self._listen("admin", "admin", config.admin, Admin(self))
+            if config.metrics.listen is not None:
+                await self._listen(
+                    "metrics", "admin", config.metrics.listen, MetricsOnly(self, json_response)
+                )
             for hook in self.hooks:
                 await tg.start(hook.run, self)
             self._started = True

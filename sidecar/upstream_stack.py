@@ -142,6 +142,13 @@ class UpstreamStack:
             log.info("%s: calling policy changed by its Meta %s", self.cluster.name, META_KEY)
             self._build(policies)
 
+    def rebook(self, book: PolicyBook) -> None:
+        """A reloaded config: resolve the policies again; rebuild behind the head if changed."""
+        self.book = book
+        policies, _ = book.resolve(self.cluster.name, self.meta)
+        if policies != self.policies:
+            self._build(policies)
+
     def statistics(self) -> dict[str, Any]:
         return {
             "policy": {

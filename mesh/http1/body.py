@@ -7,6 +7,7 @@ consumer has taken the buffer. This is how a 1 GiB body crosses the proxy in bou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from mesh.inline import Waiter
@@ -35,6 +36,7 @@ class Body:
         "_size",
         "_waiter",
         "high_water",
+        "on_end",
         "received",
     )
 
@@ -49,6 +51,9 @@ class Body:
         self.high_water = high_water
         #: Total bytes fed so far (for access logs and limits).
         self.received = 0
+        #: Called once when the body has ended: complete, failed or abandoned (a bulkhead
+        #: holds its slot until the upstream has sent the whole answer).
+        self.on_end: Callable[[], None] | None = None
 
     @classmethod
     def complete(cls, data: bytes) -> Body:
@@ -74,6 +79,8 @@ class Body:
         self._done = True
         if self._waiter is not None:
             self._wake()
+        if self.on_end is not None:
+            self._ended()
 
     def fail(self, exc: BaseException) -> None:
         if self._done:
@@ -82,6 +89,13 @@ class Body:
         self._done = True
         if self._waiter is not None:
             self._wake()
+        if self.on_end is not None:
+            self._ended()
+
+    def _ended(self) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -132,6 +146,8 @@ class Body:
             self._error = ConnectionAbortedError("body abandoned by its reader")
             if self._producer is not None:
                 self._producer.abandoned()
+            if self.on_end is not None:
+                self._ended()
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body, or `OverflowError` once it passes `limit` bytes."""

@@ -324,6 +324,8 @@ class UpstreamConnection:
         self._reason = self._reason + reason if self._reason else reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._body is not None:
+            return  # a chunked body's trailer: never part of the head already handed on
         name, kind = _NAMES.lookup(name)
         if kind == END_TO_END:
             self._headers.append((name, value))

@@ -17,6 +17,7 @@ from mesh.errors import (
     ConnectionLimit,
     PeerIdentityMismatch,
     UpstreamConnectFailed,
+    UpstreamTimeout,
     UpstreamTlsFailed,
 )
 from mesh.http1.client import UpstreamConnection, as_protocol
@@ -84,12 +85,27 @@ class EndpointPool:
                 return conn
         return None
 
-    async def connect(self) -> UpstreamConnection:
+    async def connect(self, deadline: float | None = None) -> UpstreamConnection:
+        """A new connection; a `deadline` (loop time) sooner than the connect timeout ends
+        the attempt then, as `upstream-timeout`: the caller's time is up, not the peer's."""
         gauge = self.connection_gauge
         if gauge is not None and not gauge.try_acquire():
             raise ConnectionLimit(f"{gauge.limit} connections open to this upstream")
+        timeout = self.connect_timeout
+        cut_by_deadline = False
+        if deadline is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left < timeout:
+                timeout = left if left > 0.0 else 0.0
+                cut_by_deadline = True
         try:
-            conn = await self._open()
+            conn = await self._open(timeout)
+        except UpstreamConnectFailed as exc:
+            if gauge is not None:
+                gauge.release()
+            if cut_by_deadline and exc.timed_out:
+                raise UpstreamTimeout(f"deadline passed while connecting to {self.label}") from None
+            raise
         except BaseException:
             if gauge is not None:
                 gauge.release()
@@ -97,7 +113,7 @@ class EndpointPool:
         conn.gauge = gauge
         return conn
 
-    async def _open(self) -> UpstreamConnection:
+    async def _open(self, within: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         self.connecting += 1
         # A task per new connection (not per request): the data path runs without a current
@@ -111,10 +127,10 @@ class EndpointPool:
                 ssl=context,
                 # SNI is informational here: peers are checked by SPIFFE ID below.
                 server_hostname="mesh" if context is not None else None,
-                ssl_handshake_timeout=self.connect_timeout if context is not None else None,
+                ssl_handshake_timeout=max(within, 0.001) if context is not None else None,
             )
         )
-        timer = loop.call_later(self.connect_timeout, connecting.cancel)
+        timer = loop.call_later(within, connecting.cancel)
         try:
             _, protocol = await connecting
             conn = cast(UpstreamConnection, protocol)
@@ -123,12 +139,12 @@ class EndpointPool:
                 raise
             self.connect_failures += 1
             raise UpstreamConnectFailed(
-                f"connect to {self.label} timed out after {self.connect_timeout:g}s"
+                f"connect to {self.label} timed out after {within:g}s", timed_out=True
             ) from None
         except TimeoutError:
             self.connect_failures += 1
             raise UpstreamConnectFailed(
-                f"connect to {self.label} timed out after {self.connect_timeout:g}s"
+                f"connect to {self.label} timed out after {within:g}s", timed_out=True
             ) from None
         except ssl.SSLError as exc:
             self.tls_failures += 1

@@ -161,6 +161,8 @@ class ServerConnection:
         self.peer_identity = ""
         self.closed = False
         self.busy = False
+        #: The client has finished sending (FIN): answer what is queued, then close.
+        self._peer_done = False
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request | MeshError] = deque()
         self._idle_waiter: Waiter[None] | None = None
@@ -226,6 +228,7 @@ class ServerConnection:
             body.fail(BadRequest("client closed the connection mid-body"))
             return False
         if self.busy or self._queue:
+            self._peer_done = True
             return True
         self.close()
         return False
@@ -366,6 +369,14 @@ class ServerConnection:
         self._size += len(name) + len(value) + 4
         if self._size + len(self._url) > self.limits.max_header_bytes:
             raise _Stop(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+        if value and (value[-1] == 32 or value[-1] == 9):
+            # llhttp strips the whitespace before a value but not after it; it is not part
+            # of the value (RFC 9112 §5), so it is neither checked nor forwarded.
+            value = value.rstrip(b" \t")
+        if self._phase == BODY:
+            # A chunked body's trailer section: counted against the limits above, never
+            # forwarded (the head is already built; a trailer must not become a header).
+            return
         name, kind = _NAMES.lookup(name)
         if kind == END_TO_END:
             self._headers.append((name, value))
@@ -447,12 +458,15 @@ class ServerConnection:
                 headers = [(n, v) for n, v in headers if n not in listed]
         content_length: int | None = None
         body: Body | None = None
+        if self._chunked and version == b"1.0":
+            # RFC 9112 §6.1: an HTTP/1.0 sender cannot mean chunked; the framing is faulty.
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if self._chunked:
-            body = Body(self)
+            body = Body(self, self.limits.body_buffer_bytes)
         elif self._cl is not None:
             content_length = int(self._cl)
             if content_length:
-                body = Body(self)
+                body = Body(self, self.limits.body_buffer_bytes)
         request = Request(
             method,
             target,
@@ -557,7 +571,9 @@ class ServerConnection:
                 sent, error = await self._stream_rest(item, response, stream)
             ok = self._completed(item, response, sent, error)
             self.busy = False
-            if not (ok and keep) or (self.tracker.draining and not self._queue):
+            if not (ok and keep) or (
+                (self.tracker.draining or self._peer_done) and not self._queue
+            ):
                 self.close()
                 return
             self._phase_since = self.now()

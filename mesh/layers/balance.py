@@ -33,6 +33,10 @@ class Balance:
                 raise NoEndpoints(f"discovery has not answered yet for {cluster.name}")
             raise NoEndpoints(f"no endpoints for {cluster.name}")
         state = self.balancer.pick(states)
+        previous = request.endpoint
+        if state is previous and len(states) > 1:
+            # A retry: the endpoint just tried is the one place it should not go.
+            state = self.balancer.pick([s for s in states if s is not previous])
         request.endpoint = state
         state.in_flight += 1
         state.requests += 1

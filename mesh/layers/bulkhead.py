@@ -5,8 +5,9 @@ A free slot costs two counter updates. Without one, the request waits in a FIFO 
 its own deadline, whichever is first; a full queue or a wait that runs out answers at once
 with `503`, `x-mesh-error: bulkhead-full` and `Retry-After`.
 
-A slot is held until the response head has arrived (or the attempt failed), which is when
-the work behind it is done; a streaming body is bounded by flow control instead.
+A slot is held until the upstream has sent its whole answer (or the attempt failed), as
+Envoy counts a request until its stream ends: an app streaming its answers is working on
+them, and the limit is on the work in progress behind the sidecar.
 """
 
 from __future__ import annotations
@@ -52,11 +53,22 @@ class Bulkhead:
         if not self.slots.try_acquire():
             await self._wait_for_slot(request)
         try:
-            return await self.inner.handle(request)
-        finally:
-            waiter = self.slots.release()
-            if waiter is not None:
-                waiter.set_result(None)  # the slot is theirs now
+            response = await self.inner.handle(request)
+        except BaseException:
+            self._release()
+            raise
+        body = response.body
+        if body is None or body.at_eof:
+            self._release()
+        else:
+            # The upstream is still working on this answer: the slot is free once it ends.
+            body.on_end = self._release
+        return response
+
+    def _release(self) -> None:
+        waiter = self.slots.release()
+        if waiter is not None:
+            waiter.set_result(None)  # the slot is theirs now
 
     async def _wait_for_slot(self, request: Request) -> None:
         policy = self.policy

@@ -15,7 +15,7 @@ class Connect:
         head = request_head(request)
         conn = pool.take_idle()
         if conn is None:
-            conn = await pool.connect()
+            conn = await pool.connect(request.deadline)
             return await conn.exchange(head, request, request.deadline)
         try:
             return await conn.exchange(head, request, request.deadline)
@@ -24,5 +24,5 @@ class Connect:
             # response byte; a bodiless idempotent request is safe to send once more, fresh.
             if request.body is not None or request.method not in IDEMPOTENT_METHODS:
                 raise
-        conn = await pool.connect()
+        conn = await pool.connect(request.deadline)
         return await conn.exchange(head, request, request.deadline)

@@ -1,11 +1,15 @@
 """`mesh demo`: the demo mesh as local processes, with traffic and a live view.
 
-Each service runs as `mesh attach ... -- python -m sidecar.demo.app` (its sidecar first,
-then the app); outside traffic enters through `mesh gateway`, the mesh's ingress gateway.
-Discovery is a static catalog of the sidecars' inbound listeners, or, with `--discovery
-consul` (or `auto` when scripts/install-consul.sh can provide an agent), a Consul dev agent
-the demo starts on free loopback ports: every sidecar registers its service there and finds
-its peers through it. A load loop calls the gateway; every second a line shows what it saw.
+The mesh is the one in sidecar/demo/topology.py. Each service runs as `mesh attach --config
+<service>.json -- python -m sidecar.demo.app` (its sidecar first, then the app); every hop
+between sidecars is mutual TLS with leaves from the built-in CA, and each sidecar admits
+only the services that call it. The load generator is a mesh client too: a proxy-only
+sidecar under its own identity. Discovery is a static catalog of the sidecars' inbound
+listeners, or, with `--discovery consul` (or `auto` when scripts/install-consul.sh can
+provide an agent), a Consul dev agent the demo starts on free loopback ports.
+
+The payments switch (`--payments ok|slow|failing|down`, then the keys o/s/f/d + Enter, or writing
+the mode into the file the demo names) makes payments slow or failing while it runs.
 Ctrl-C (or --duration) stops every process this demo started, by PID, and waits for them;
 the sidecars deregister before the agent stops.
 """
@@ -19,7 +23,6 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,29 @@ import anyio
 import httpcore
 from anyio.abc import Process
 
+from discovery.endpoint import DEFAULT_TRUST_DOMAIN
+from sidecar.demo import load as loadgen
+from sidecar.demo.certs import issue_all
 from sidecar.demo.consul_agent import DevAgent, find_consul
-from sidecar.demo.topology import ENTRY, GATEWAY, GATEWAY_ROUTES, SERVICES
+from sidecar.demo.load import Stats
+from sidecar.demo.plan import app_env, sidecar_config
+from sidecar.demo.topology import (
+    ENTRY,
+    ENTRY_KIND,
+    FAULT_MODES,
+    FAULTY,
+    LOAD_CLIENT,
+    LOAD_PATHS,
+    SERVICES,
+)
+from sidecar.demo.watch import (
+    ServiceLog,
+    UpstreamState,
+    call_tree,
+    resilience_table,
+    table,
+    upstream_states,
+)
 from sidecar.signals import stop_on_signals
 
 log = logging.getLogger("sidecar.demo")
@@ -48,105 +72,97 @@ class Running:
     inbound: int
     admin: int
     process: Process | None = None
-
-
-@dataclass
-class Stats:
-    sent: int = 0
-    ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-
-    def p99_ms(self) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    #: The load generator's sidecar: its proxy port (it has no app and no inbound).
+    proxy: int = 0
 
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
+#: Timeouts of the demo's own admin requests.
+ADMIN = {"connect": 2.0, "pool": 2.0, "read": 2.0, "write": 2.0}
+
 #: Sidecar settings for the demo's Consul mode: quick health reports and a short drain.
-CONSUL_SETTINGS = {"consul": {"check_interval": 0.5, "drain_grace": 1.0}}
+CONSUL_SETTINGS = {"check_interval": 0.5, "drain_grace": 1.0}
 
 
-def discovery_flags(workdir: Path, planned: list[Running], agent: DevAgent | None) -> list[str]:
+def discovery_keys(workdir: Path, planned: list[Running], agent: DevAgent | None) -> dict[str, Any]:
     """How every sidecar finds its peers: through the agent, or a static catalog."""
     if agent is not None:
-        config_path = workdir / "sidecar.json"
-        config_path.write_text(json.dumps(CONSUL_SETTINGS, indent=2))
-        # The demo's apps call only mesh services: anything else is refused at once.
-        return ["--consul", agent.address, "--config", str(config_path), "--passthrough", "deny"]
+        return {"consul": {"address": agent.address, **CONSUL_SETTINGS}}
     catalog = {"services": {s.name: [f"127.0.0.1:{s.inbound}"] for s in planned}}
     catalog_path = workdir / "catalog.json"
     catalog_path.write_text(json.dumps(catalog, indent=2))
-    return ["--catalog", str(catalog_path)]
+    return {"catalog": str(catalog_path)}
+
+
+async def spawn(workdir: Path, name: str, command: list[str], env: dict[str, str]) -> Process:
+    # The child writes its output (the access log among it) into <workdir>/<name>.log.
+    log_file = open(workdir / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230
+    # Traces: to the collector in OTEL_EXPORTER_OTLP_ENDPOINT, else the span files that
+    # `mesh traces` reads.
+    traces = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "file"
+    env = {"OTEL_TRACES_EXPORTER": traces, **os.environ, **env}
+    try:
+        return await anyio.open_process(
+            command, stdin=None, stdout=log_file, stderr=log_file, env=env
+        )
+    finally:
+        log_file.close()  # the child has its own copy
+
+
+@dataclass
+class Launch:
+    """One process of the local demo, before it starts: its sidecar config, command, env."""
+
+    run: Running
+    config: dict[str, Any]
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def plan_local(workdir: Path, agent: DevAgent | None = None) -> list[Launch]:
+    """Every service (`mesh attach` with its app), then the load generator's sidecar."""
+    planned = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
+    discovery = discovery_keys(workdir, planned, agent)
+    certs = str(workdir / "certs")
+    mesh = str(Path(sys.executable).with_name("mesh"))
+    launches = []
+    for run in planned:
+        config = sidecar_config(
+            run.name, certs, app_port=run.app_port, listen=f"127.0.0.1:{run.inbound}",
+            admin=f"127.0.0.1:{run.admin}", log_level="warning", **discovery,
+        )  # fmt: skip
+        command = [mesh, "attach", "--config", str(workdir / f"{run.name}.json"),
+                   "--", sys.executable, "-m", "sidecar.demo.app"]  # fmt: skip
+        env = app_env(run.name, run.app_port, str(workdir / f"{FAULTY}.mode"))
+        launches.append(Launch(run, config, command, env))
+    client = Running(LOAD_CLIENT, 0, 0, free_port(), proxy=free_port())
+    config = sidecar_config(
+        LOAD_CLIENT, certs, proxy_port=client.proxy, admin=f"127.0.0.1:{client.admin}",
+        log_level="warning", **discovery,
+    )  # fmt: skip
+    command = [mesh, "sidecar", "--config", str(workdir / f"{LOAD_CLIENT}.json")]
+    return [*launches, Launch(client, config, command)]
 
 
 async def start_services(
     workdir: Path, services: list[Running], agent: DevAgent | None = None
 ) -> None:
-    """Start every service; `services` grows as they start, so a stop midway finds them."""
-    planned = [Running(s.name, free_port(), free_port(), free_port()) for s in SERVICES]
-    discovery = discovery_flags(workdir, planned, agent)
-    mesh = str(Path(sys.executable).with_name("mesh"))
-    for spec, run in zip(SERVICES, planned, strict=True):
-        env = {**os.environ, "DEMO_SERVICE": run.name, "DEMO_PORT": str(run.app_port),
-               "DEMO_CALLS": ",".join(spec.calls)}  # fmt: skip
-        # Traces: to the collector in OTEL_EXPORTER_OTLP_ENDPOINT, else the span files that
-        # `mesh traces` reads.
-        env.setdefault(
-            "OTEL_TRACES_EXPORTER", "otlp" if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "file"
-        )
-        command = [
-            mesh, "attach", "--service", run.name, "--app-port", str(run.app_port),
-            "--listen", f"127.0.0.1:{run.inbound}", "--admin", f"127.0.0.1:{run.admin}",
-            *discovery, "--access-log", "--log-level", "warning",
-            "--", sys.executable, "-m", "sidecar.demo.app",
-        ]  # fmt: skip
-        # A local log file opens at once; the child owns it from here on.
-        log_file = open(workdir / f"{run.name}.log", "wb")  # noqa: SIM115, ASYNC230
-        run.process = await anyio.open_process(
-            command, stdin=None, stdout=log_file, stderr=log_file, env=env
-        )
+    """Start every process of `plan_local`; `services` grows as they start, so a stop
+    midway finds them."""
+    for launch in plan_local(workdir, agent):
+        run = launch.run
+        (workdir / f"{run.name}.json").write_text(json.dumps(launch.config, indent=2))
+        run.process = await spawn(workdir, run.name, launch.command, launch.env)
         services.append(run)
-        say(f"  started {run.name:<10} sidecar :{run.inbound}  app :{run.app_port}  "
-            f"admin :{run.admin}  (pid {run.process.pid})")  # fmt: skip
-
-
-async def start_gateway(
-    workdir: Path, services: list[Running], agent: DevAgent | None = None
-) -> None:
-    """The ingress gateway in front of the entry service, found the way the sidecars are."""
-    run = Running(GATEWAY, 0, free_port(), free_port())
-    config: dict[str, Any] = {
-        "service": GATEWAY,
-        "admin": f"127.0.0.1:{run.admin}",
-        "ingress": {"listen": f"127.0.0.1:{run.inbound}"},
-        "access_log": True,
-        "log_level": "warning",
-        "routes": [
-            {"name": service, "prefix": prefix, "service": service, "cache": service != ENTRY}
-            for prefix, service in GATEWAY_ROUTES
-        ],
-    }
-    if agent is not None:
-        config["consul"] = {**CONSUL_SETTINGS["consul"], "address": agent.address}
-    else:
-        config["catalog"] = str(workdir / "catalog.json")
-    config_path = workdir / "gateway.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    mesh = str(Path(sys.executable).with_name("mesh"))
-    log_file = open(workdir / f"{GATEWAY}.log", "wb")  # noqa: SIM115, ASYNC230
-    run.process = await anyio.open_process(
-        [mesh, "gateway", "--config", str(config_path)],
-        stdin=None, stdout=log_file, stderr=log_file,
-    )  # fmt: skip
-    services.append(run)
-    say(f"  started {GATEWAY:<10} ingress :{run.inbound}  admin :{run.admin}  "
-        f"(pid {run.process.pid})")  # fmt: skip
+        if run.proxy:
+            say(f"  started {run.name:<14} sidecar proxy :{run.proxy}  admin :{run.admin}  "
+                f"(pid {run.process.pid})")  # fmt: skip
+        else:
+            say(f"  started {run.name:<14} sidecar :{run.inbound}  app :{run.app_port}  "
+                f"admin :{run.admin}  (pid {run.process.pid})")  # fmt: skip
 
 
 async def wait_ready(services: list[Running], pool: httpcore.AsyncConnectionPool) -> None:
@@ -178,71 +194,133 @@ async def wait_registered(agent: DevAgent, pool: httpcore.AsyncConnectionPool) -
         say(f"  consul   {names} registered, passing")
 
 
-async def warm_up(entry: Running, pool: httpcore.AsyncConnectionPool) -> None:
-    """Until the gateway answers through the whole mesh: every caller's sidecar has seen its
-    peers (a watch may trail the agent by up to its rate limit, a second)."""
+async def warm_up(client: httpcore.AsyncConnectionPool, stats: Stats) -> None:
+    """Until every load path answers through the whole mesh: every caller's sidecar has seen
+    its peers (a Consul watch may trail the agent by up to its rate limit, a second)."""
     with anyio.fail_after(30):
-        while True:
-            response = await pool.request("GET", f"http://127.0.0.1:{entry.inbound}/")
-            if response.status == 200:
-                return
-            await anyio.sleep(0.1)
+        for path in LOAD_PATHS:
+            # Nothing to wait on but the mesh's answer: ask again, a tenth of a second apart.
+            while await loadgen.send_one(client, path, stats) != 200:  # noqa: ASYNC110
+                await anyio.sleep(0.1)
 
 
-async def load(
-    entry: Running, rps: float, stats: Stats, pool: httpcore.AsyncConnectionPool
-) -> None:
-    interval = 1.0 / rps
-    url = f"http://127.0.0.1:{entry.inbound}/"
-    while True:
-        started = time.monotonic()
-        stats.sent += 1
+class Switch:
+    """The payments switch: a file the payments app re-reads when it changes (anyone may
+    write it; the live view shows what it holds)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set(self, mode: str) -> None:
+        self.path.write_text(mode + "\n")
+
+    @property
+    def mode(self) -> str:
         try:
-            resp = await pool.request("GET", url, extensions={"timeout": {"pool": 5, "read": 15}})
-            if resp.status == 200:
-                stats.ok += 1
-            else:
-                reason = dict(resp.headers).get(b"x-mesh-error", b"app").decode()
-                stats.errors[f"{resp.status} {reason}"] = (
-                    stats.errors.get(f"{resp.status} {reason}", 0) + 1
-                )
-        except httpcore.TimeoutException:
-            stats.errors["timeout"] = stats.errors.get("timeout", 0) + 1
-        except httpcore.NetworkError as exc:
-            stats.errors[type(exc).__name__] = stats.errors.get(type(exc).__name__, 0) + 1
-        stats.latencies.append(time.monotonic() - started)
-        await anyio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            return self.path.read_text().strip() or "ok"
+        except OSError:
+            return "ok"
+
+
+async def keys(switch: Switch) -> None:
+    """o, s, f or d (then Enter) on a terminal flips the payments switch."""
+    if not sys.stdin.isatty():
+        return
+    by_key = {mode[0]: mode for mode in FAULT_MODES}
+    fd = sys.stdin.fileno()
+    while True:
+        await anyio.wait_readable(fd)
+        data = os.read(fd, 64).decode(errors="replace")
+        if not data:
+            return  # end of input
+        for key in data.strip().lower():
+            if key in by_key:
+                switch.set(by_key[key])
+                say(f"  == {FAULTY} switch: {switch.mode}")
+
+
+async def upstream_view(
+    services: list[Running], pool: httpcore.AsyncConnectionPool
+) -> dict[str, list[UpstreamState]]:
+    """Per sidecar, what its resilience did for each upstream (its admin /clusters)."""
+    view: dict[str, list[UpstreamState]] = {}
+    for run in services:
+        try:
+            resp = await pool.request(
+                "GET", f"http://127.0.0.1:{run.admin}/clusters", extensions={"timeout": ADMIN}
+            )
+            view[run.name] = upstream_states(run.name, json.loads(resp.content))
+        except (httpcore.NetworkError, httpcore.TimeoutException, ValueError):
+            continue  # stopping, or busy: the next second asks again
+    return view
 
 
 async def live_view(
-    services: list[Running], stats: Stats, pool: httpcore.AsyncConnectionPool
+    logs: list[ServiceLog],
+    stats: Stats,
+    switch: Switch,
+    services: list[Running],
+    pool: httpcore.AsyncConnectionPool,
 ) -> None:
+    """Every second the load's line; on a terminal the per-service table redrawn in place,
+    otherwise that table every five seconds."""
     last_sent = 0
+    tty = sys.stdout.isatty()
+    tick = 0
     while True:
         await anyio.sleep(1.0)
+        tick += 1
+        for service_log in logs:
+            service_log.read()
         rate = stats.sent - last_sent
         last_sent = stats.sent
         errors = sum(stats.errors.values())
-        say(f"  load: {rate:>4} req/s  total {stats.sent:>6}  ok {stats.ok:>6}  "
-            f"errors {errors:>4}  p99 {stats.p99_ms():7.1f} ms")  # fmt: skip
+        line = (f"  load: {rate:>4} req/s  total {stats.sent:>6}  ok {stats.ok:>6}  "
+                f"errors {errors:>4}  p99 {stats.p99_ms():7.1f} ms  "
+                f"{FAULTY}: {switch.mode}")  # fmt: skip
         stats.latencies = stats.latencies[-5000:]
+        if tty or tick % 5 == 0:
+            rows = table(logs, live=True, states=await upstream_view(services, pool))
+        if tty:
+            if tick > 1:
+                print(f"\x1b[{len(rows) + 1}F", end="")  # back to the block's first line
+            say("\n".join(f"{r}\x1b[K" for r in [line, *rows]))
+        else:
+            say(line)
+            if tick % 5 == 0:
+                say("\n".join(rows))
+
+
+def draw_tree(stats: Stats) -> list[str]:
+    """The last answer to the path that crosses most of the mesh (orders), else any."""
+    path = next((p for p in LOAD_PATHS if p.startswith("/orders") and p in stats.answers), None)
+    path = path or next(iter(stats.answers), None)
+    if path is None:
+        return []
+    answer = stats.answers[path]
+    status = 200 if all(c.get("status") == 200 for c in answer.get("calls") or []) else 502
+    return [f"\n== one request: GET {path} (as the apps reported it)",
+            *call_tree(ENTRY, status, answer)]  # fmt: skip
 
 
 async def summary(
-    services: list[Running], stats: Stats, pool: httpcore.AsyncConnectionPool
+    logs: list[ServiceLog],
+    stats: Stats,
+    services: list[Running],
+    pool: httpcore.AsyncConnectionPool,
 ) -> None:
     say("\n== summary")
     say(f"  requests sent {stats.sent}, ok {stats.ok}, errors {dict(stats.errors) or 'none'}")
-    for run in services:
-        try:
-            resp = await pool.request("GET", f"http://127.0.0.1:{run.admin}/clusters")
-            clusters: dict[str, Any] = json.loads(resp.content)
-        except (httpcore.NetworkError, ValueError):
-            continue
-        for name, cluster in clusters.items():
-            for endpoint in cluster["endpoints"]:
-                say(f"  {run.name:>10} -> {name:<12} {endpoint['address']:<18} "
-                    f"requests {endpoint['requests']}")  # fmt: skip
+    for service_log in logs:
+        service_log.read()
+    say("\n".join(table(logs, live=False)))
+    view = await upstream_view(services, pool)
+    say("\n== resilience (each caller's sidecar, from its /clusters)")
+    say(
+        "\n".join(resilience_table([state for run in services for state in view.get(run.name, [])]))
+    )
+    for line in draw_tree(stats):
+        say(line)
 
 
 async def stop_all(
@@ -293,33 +371,46 @@ class Mesh:
     agent: DevAgent | None = None
 
 
+async def trust_domain(agent: DevAgent | None, pool: httpcore.AsyncConnectionPool) -> str:
+    """Consul discovery expects peers' SPIFFE IDs in the agent's trust domain."""
+    if agent is None:
+        return DEFAULT_TRUST_DOMAIN
+    roots = await agent.get_json(pool, "/v1/connect/ca/roots")
+    return str(roots["TrustDomain"]).lower()
+
+
 async def start_mesh(
     mesh: Mesh, discovery: str, workdir: Path, pool: httpcore.AsyncConnectionPool
 ) -> Running:
-    """Start the agent (if any) and every service; the entry service once it answers."""
+    """Start the agent (if any), issue identities, start every service and the load
+    generator's sidecar; return the latter once all are ready."""
+    if ENTRY_KIND != "frontend":
+        raise RuntimeError(f"entry kind {ENTRY_KIND!r}: the local demo starts only `frontend`")
     mesh.agent = agent = await start_agent(discovery, workdir)
     if agent is not None:
         await agent.start(pool)
         assert agent.process is not None
         say(f"  started consul agent {agent.address}  (pid {agent.process.pid})")
+    domain = await trust_domain(agent, pool)
+    issue_all(workdir / "ca", workdir / "certs", domain)
+    say(f"  mTLS     a root for {domain} and a leaf per service (in {workdir / 'certs'})")
     await start_services(workdir, mesh.services, agent)
-    await start_gateway(workdir, mesh.services, agent)
     await wait_ready(mesh.services, pool)
-    entry = next(s for s in mesh.services if s.name == GATEWAY)
     if agent is not None:
         await wait_registered(agent, pool)
-        await warm_up(entry, pool)
-    return entry
+    return mesh.services[-1]
 
 
-async def run_demo(duration: float, rps: float, discovery: str = "static") -> int:
+async def run_demo(
+    duration: float, rps: float, discovery: str = "static", payments: str = "ok"
+) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
-    say(
-        f"== mesh demo: {len(SERVICES)} services, each behind its sidecar, and an ingress "
-        f"gateway (logs in {workdir})"
-    )
+    say(f"== mesh demo: {len(SERVICES)} services, each behind its sidecar (logs in {workdir})")
     mesh = Mesh()
     stats = Stats()
+    switch = Switch(workdir / f"{FAULTY}.mode")
+    switch.set("ok")
+    logs = [ServiceLog(s.name, workdir / f"{s.name}.log") for s in SERVICES]
     stop = anyio.Event()
     failed = False
     async with anyio.create_task_group() as outer:
@@ -329,16 +420,23 @@ async def run_demo(duration: float, rps: float, discovery: str = "static") -> in
             try:
                 with anyio.CancelScope() as running:
                     outer.start_soon(_cancel_when, stop, running)
-                    entry = await start_mesh(mesh, discovery, workdir, pool)
-                    say(f"== sending {rps:g} req/s to {GATEWAY} -> {ENTRY}; Ctrl-C to stop\n")
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(load, entry, rps, stats, pool)
-                        tg.start_soon(live_view, mesh.services, stats, pool)
-                        with anyio.move_on_after(duration if duration > 0 else None):
-                            await stop.wait()
-                        tg.cancel_scope.cancel()
+                    client = await start_mesh(mesh, discovery, workdir, pool)
+                    async with loadgen.proxy(f"http://127.0.0.1:{client.proxy}") as proxy:
+                        await warm_up(proxy, Stats())
+                        switch.set(payments)
+                        say(f"== sending {rps:g} req/s to {ENTRY} as {LOAD_CLIENT}; "
+                            f"{FAULTY}: {payments}; Ctrl-C to stop")  # fmt: skip
+                        say(f"   {FAULTY} switch: o, s, f or d + Enter (ok, slow, failing, "
+                            f"down), or `echo failing > {switch.path}`\n")  # fmt: skip
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(loadgen.send_load, proxy, rps, stats)
+                            tg.start_soon(live_view, logs, stats, switch, mesh.services, pool)
+                            tg.start_soon(keys, switch)
+                            with anyio.move_on_after(duration if duration > 0 else None):
+                                await stop.wait()
+                            tg.cancel_scope.cancel()
                 if stats.sent:
-                    await summary(mesh.services, stats, pool)
+                    await summary(logs, stats, mesh.services, pool)
             except (RuntimeError, TimeoutError) as exc:
                 say(f"error: the demo could not start: {exc or 'timed out'}")
                 failed = True

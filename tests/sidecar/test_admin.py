@@ -237,14 +237,9 @@ def test_unknown_path_is_404_and_other_methods_405(
     assert headers["content-type"] == "application/json"
     assert body["error"] == "not found"
     assert body["paths"] == [
-        "/certs",
-        "/clusters",
-        "/config",
-        "/listeners",
-        "/live",
-        "/ready",
-        "/tracing",
-    ]
+        "/certs", "/clusters", "/config", "/drain", "/listeners", "/live", "/logging",
+        "/metrics", "/ready", "/reload", "/tracing",
+    ]  # fmt: skip
     for method in ("POST", "PUT", "DELETE"):
         status, _, body = request(admin, method, "/ready")
         assert (status, body) == (405, {"error": "method not allowed"}), method
