@@ -2,8 +2,8 @@
 this attempt and is repeated by the Retry layer above it, so each retry is its own span
 (`http.request.resend_count`), with the proxy's reason when the attempt failed.
 
-The span ends when the response head arrives (or the attempt fails): a retried attempt's
-response is never streamed, so its end could not be taken later.
+A failed attempt's span ends when it fails (or its 5xx head arrives: a retried attempt's
+body is never streamed); the final attempt's span ends when its response has been sent.
 
 `handle` is a plain function returning the coroutine to await: an unsampled request passes
 with one call instead of one more coroutine frame.
@@ -66,16 +66,18 @@ class TraceAttempt:
             )  # fmt: skip
             raise
         context.last_error = response.error_reason
-        tracer.record(
-            CLIENT,
-            context,
-            span_id,
-            context.attempt_parent,
-            start,
-            request,
-            response,
-            "",
-            peer,
-            resend,
-        )
+        if response.status >= 500:  # possibly retried: its body is never streamed
+            tracer.record(
+                CLIENT, context, span_id, context.attempt_parent, start, request, response, "",
+                peer, resend,
+            )  # fmt: skip
+            return response
+        parent = context.attempt_parent
+
+        def finish(request: Request, answer: Response | None, sent: int, error: str) -> None:
+            tracer.record(
+                CLIENT, context, span_id, parent, start, request, answer, error, peer, resend
+            )
+
+        request.add_completion(finish)  # the final attempt: the span ends with the body
         return response
