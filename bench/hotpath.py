@@ -96,9 +96,11 @@ class Services:
 BARE: dict[str, Any] = {"retry": {"max_retries": 0}, "outlier": {"enabled": False}}
 
 
-async def run(requests: int, connections: int, bare: bool = False) -> float:
+async def run(
+    requests: int, connections: int, bare: bool = False, config: SidecarConfig | None = None
+) -> float:
     loop = asyncio.get_running_loop()
-    config = SidecarConfig.model_validate(
+    config = config or SidecarConfig.model_validate(
         {"service": "bench", **({"resilience": BARE} if bare else {})}
     )
     handler = stacks.outbound_stack(config, Services(config).stack("app"))

@@ -8,6 +8,7 @@ Bound to loopback by default: it reveals topology and, later, takes control acti
     GET /clusters   every upstream: endpoints, identities, pools, in-flight requests
     GET /listeners  every listener: open, active and refused connections
     GET /certs      this sidecar's certificate: identity, serial, expiry, reloads
+    GET /tracing    spans recorded, exported, failed and dropped (queue full)
     GET /gateway    (gateway only) routes, JWT key sets, response cache
 
 Metrics, the log level, drain and reload: see sidecar/admin_control.py.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.http1.message import Request, Response
 from sidecar.admin_control import Control, current_level, metrics_response
+from sidecar.tracing_wiring import statistics as tracing_statistics
 
 if TYPE_CHECKING:
     from sidecar.runtime import Sidecar
@@ -44,6 +46,7 @@ class Admin:
             b"/certs": lambda: json_response(
                 200, sidecar.tls.statistics() if sidecar.tls is not None else {"mtls": False}
             ),
+            b"/tracing": lambda: json_response(200, tracing_statistics(sidecar.config)),
             b"/metrics": lambda: metrics_response(sidecar),
             b"/logging": lambda: json_response(200, {"level": current_level()}),
         }

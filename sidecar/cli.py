@@ -18,6 +18,7 @@ from discovery.static import CatalogError
 from mesh.identity.errors import TlsConfigError
 from sidecar.config import ConfigError, SidecarConfig, build, parse_upstream_flag
 from sidecar.signals import stop_on_signals
+from sidecar.traces_cli import traces
 
 log = logging.getLogger("sidecar")
 
@@ -326,3 +327,6 @@ def ca_issue(ca_dir: Path, service: str, out_dir: Path, ttl: str, datacenter: st
     click.echo(
         f"{leaf.identity}: serial {leaf.serial:x}, valid until {leaf.not_after:%Y-%m-%d %H:%M}Z"
     )
+
+
+main.add_command(traces)

@@ -36,6 +36,7 @@ from sidecar.policies import (
     combine,
     parse_meta,
 )
+from sidecar.tracing_config import AccessLogFieldsConfig, TracingConfig
 
 Port = int
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -256,6 +257,8 @@ class SidecarConfig(_Model):
     #: "tcp": the app speaks raw TCP; the inbound listener tunnels bytes to it.
     app_protocol: Literal["http", "tcp"] = "http"
     tunnel: TunnelConfig = TunnelConfig()
+    tracing: TracingConfig = TracingConfig()
+    access_log_fields: AccessLogFieldsConfig = AccessLogFieldsConfig()
 
     @field_validator("listen", "admin")
     @classmethod

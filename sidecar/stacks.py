@@ -1,9 +1,11 @@
 """The one visible place where each direction's layer stack is composed.
 
-    outbound: Rescue -> AccessLog -> ForwardedHeaders -> [proxy port: Route]
+    outbound: Rescue -> AccessLog -> ForwardedHeaders -> [tracing: TraceOutbound]
+                 -> [proxy port: Route]
                  -> per service (sidecar/upstream_stack.py): Deadline -> [FaultInjection]
-                    -> [Retry] -> HealthyBalance -> Bulkhead -> Connect
-    inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [mTLS: Authorize -> ClientCertHeader]
+                    -> [Retry] -> HealthyBalance -> Bulkhead -> [tracing: TraceAttempt] -> Connect
+    inbound:  Rescue -> AccessLog -> ForwardedHeaders -> [tracing: TraceServer]
+                 -> [mTLS: Authorize -> ClientCertHeader]
                  -> Deadline -> [FaultInjection] -> Bulkhead -> Balance -> Connect(app)
     gateway:  Rescue -> DropClientTraceContext -> AccessLog -> ForwardedHeaders -> GatewayRoute
                  -> per route:
@@ -39,6 +41,7 @@ from mesh.layers.forwarding import ForwardedHeaders
 from mesh.layers.noop import Noop
 from mesh.layers.rescue import Rescue
 from mesh.stack import Handler, LayerFactory, compose
+from sidecar import tracing_wiring
 from sidecar.config import SidecarConfig
 from sidecar.policies import PolicyBook
 from sidecar.upstream_stack import UpstreamStack
@@ -54,15 +57,20 @@ def edge_layers(config: SidecarConfig, direction: str) -> Sequence[LayerFactory]
     """Layers every request of a listener passes, outermost first."""
     layers: list[LayerFactory] = [Rescue]
     if config.access_log:
-        layers.append(lambda inner: AccessLog(inner, direction))
+        fields = tracing_wiring.log_fields(config)
+        layers.append(lambda inner: AccessLog(inner, direction, fields=fields))
     layers.append(ForwardedHeaders)
+    layers.extend(tracing_wiring.edge_layers(config, direction))
     layers.extend(_noop_layers())
     return layers
 
 
 def upstream_stack(config: SidecarConfig, cluster: Cluster, book: PolicyBook) -> UpstreamStack:
     """Per-upstream part: deadline, retries, endpoint choice with breakers, bulkhead, connect."""
-    return UpstreamStack(cluster, book, make_balancer(config.balance))
+    attempt = tracing_wiring.attempt_layers(config)  # a CLIENT span per attempt, when tracing
+    return UpstreamStack(
+        cluster, book, make_balancer(config.balance), lambda: compose(Connect(), attempt)
+    )
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mesh.balance import Balancer
@@ -40,8 +41,16 @@ def _address(state: EndpointState) -> str:
 
 
 class UpstreamStack:
-    def __init__(self, cluster: Cluster, book: PolicyBook, balancer: Balancer) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        book: PolicyBook,
+        balancer: Balancer,
+        connect: Callable[[], Handler] = Connect,
+    ) -> None:
         self.cluster = cluster
+        #: Makes the innermost handler of an attempt (Connect, with tracing above it).
+        self._connect = connect
         self.book = book
         self.balancer = balancer
         self._clock = asyncio.get_event_loop().time
@@ -54,7 +63,7 @@ class UpstreamStack:
         self.retries = ResourceGauge("retries", self.policies.limits.max_retries)
         self.connections = ResourceGauge("connections", self.policies.limits.max_connections)
         self.detector = self._detector(self.policies)
-        self.bulkhead = Bulkhead(Connect(), self.policies.bulkhead(), label=cluster.name)
+        self.bulkhead = Bulkhead(self._connect(), self.policies.bulkhead(), label=cluster.name)
         self.retry: Retry | None = None
         self.fault: FaultInjection | None = None
         #: What listeners and routes hold; only its `inner` and `timeout` ever change.
@@ -76,7 +85,7 @@ class UpstreamStack:
         if policies.breaker != old.breaker or policies.outlier != old.outlier:
             self.detector = self._detector(policies)
         if policies.bulkhead() != self.bulkhead.policy:
-            self.bulkhead = Bulkhead(Connect(), policies.bulkhead(), label=self.cluster.name)
+            self.bulkhead = Bulkhead(self._connect(), policies.bulkhead(), label=self.cluster.name)
         for state in self.cluster.states:
             state.pool.connect_timeout = policies.timeouts.connect
 

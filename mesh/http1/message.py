@@ -72,6 +72,7 @@ class Request:
         "scheme",
         "service",
         "target",
+        "trace",
         "upgrade",
         "version",
     )
@@ -115,6 +116,8 @@ class Request:
         self.service: str = ""
         self.endpoint: Any = None
         self.attempts = 0
+        #: Trace context of this request (`mesh.tracing.context.TraceContext`) when tracing.
+        self.trace: Any = None
         #: Callbacks run once the response has been fully written or aborted.
         self.on_complete: list[Completion] | None = None
         #: A `mesh.tunnel.websocket.Upgrade` when the request asks for a WebSocket, else None.

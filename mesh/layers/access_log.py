@@ -1,7 +1,9 @@
 """One JSON line per request, written when the response has been sent (or aborted).
 
 Header values are never logged, so Authorization and Cookie cannot leak; the query string
-is dropped from the path for the same reason.
+is dropped from the path for the same reason. Only what `access_log_fields` names is added,
+with the values of sensitive names masked (`mesh.tracing.masking`). When tracing, the line
+carries the trace id and this sidecar's span id, so logs join up with the traces.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
 
 class AccessLog:
-    def __init__(self, inner: Handler, direction: str, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, inner: Handler, direction: str, stream: TextIO | None = None, fields: Any = None
+    ) -> None:
         self.inner = inner
+        #: Extra fields with masking (`mesh.tracing.masking.LogFields`), when configured.
+        self.fields = fields
         self.direction = direction
         self.stream = stream or sys.stdout
         self._now: Callable[[], float] = asyncio.get_event_loop().time
@@ -46,5 +52,11 @@ class AccessLog:
             "bytes_out": sent,
             "client": request.client_addr,
         }
+        trace = request.trace
+        if trace is not None:
+            record["trace_id"] = trace.trace_id.decode()
+            record["span_id"] = trace.span_id.decode()
+        if self.fields is not None:
+            self.fields.add(record, request)
         self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.stream.flush()

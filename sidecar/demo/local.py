@@ -114,9 +114,13 @@ def discovery_keys(workdir: Path, planned: list[Running], agent: DevAgent | None
 async def spawn(workdir: Path, name: str, command: list[str], env: dict[str, str]) -> Process:
     # The child writes its output (the access log among it) into <workdir>/<name>.log.
     log_file = open(workdir / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230
+    # Traces: to the collector in OTEL_EXPORTER_OTLP_ENDPOINT, else the span files that
+    # `mesh traces` reads.
+    traces = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "file"
+    env = {"OTEL_TRACES_EXPORTER": traces, **os.environ, **env}
     try:
         return await anyio.open_process(
-            command, stdin=None, stdout=log_file, stderr=log_file, env={**os.environ, **env}
+            command, stdin=None, stdout=log_file, stderr=log_file, env=env
         )
     finally:
         log_file.close()  # the child has its own copy

@@ -238,7 +238,7 @@ def test_unknown_path_is_404_and_other_methods_405(
     assert body["error"] == "not found"
     assert body["paths"] == [
         "/certs", "/clusters", "/config", "/drain", "/listeners", "/live", "/logging",
-        "/metrics", "/ready", "/reload",
+        "/metrics", "/ready", "/reload", "/tracing",
     ]  # fmt: skip
     for method in ("POST", "PUT", "DELETE"):
         status, _, body = request(admin, method, "/ready")
