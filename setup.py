@@ -52,6 +52,15 @@ HOT_MODULES = [
     # Request counters on every stack (read at scrape time by a collector, not compiled).
     "mesh/metrics/histogram.py",
     "mesh/metrics/requests.py",
+    # Tracing on the request path: context parsing and injection, sampling, the layers.
+    # (Export and encoding run on their own thread, off the request path.)
+    "mesh/tracing/context.py",
+    "mesh/tracing/propagation.py",
+    "mesh/tracing/sampling.py",
+    "mesh/tracing/tracer.py",
+    "mesh/layers/trace_server.py",
+    "mesh/layers/trace_outbound.py",
+    "mesh/layers/trace_attempt.py",
 ]
 
 
