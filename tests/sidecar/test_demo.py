@@ -1,5 +1,6 @@
 """`mesh demo`: the local demo mesh runs, reports, and leaves no process behind.
 
+While it runs every sidecar serves metrics and writes spans that join across services.
 Run for a fixed duration, or until SIGINT (Ctrl-C): it exits 0 with a summary of the
 requests that succeeded, says "all demo processes stopped", and every process it started
 (each service's `mesh attach` and the app under it, and the gateway) is gone afterwards.
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from mesh.tracing.spanfile import read_spans, span_files
 from sidecar.demo.topology import ENTRY, SERVICES, members
 from tests.sidecar.helpers import descendants, start_time, still_running, stop_leftovers
-from tests.support.processes import MeshProcess, wait_until
+from tests.support.processes import MeshProcess, http_get, wait_until
 
 pytestmark = pytest.mark.timeout(45)
 
@@ -64,14 +66,36 @@ def assert_clean_finish(demo: MeshProcess, started: dict[int, int]) -> None:
     assert left == [], f"demo processes still running after exit: {left}"
 
 
+def admin_ports(text: str) -> list[int]:
+    return [int(port) for port in re.findall(r"admin :(\d+)", text)]
+
+
 def test_demo_with_duration_reports_and_stops_everything(
     tmp_path: Path, procs: list[MeshProcess]
 ) -> None:
-    demo = MeshProcess(["demo", "--duration", "4", "--rps", "10"], tmp_path, name="demo")
+    # Span files go to <TMPDIR>/mesh-spans when no collector is configured.
+    demo = MeshProcess(
+        ["demo", "--duration", "6", "--rps", "10"], tmp_path, name="demo",
+        env={"TMPDIR": str(tmp_path)},
+    )  # fmt: skip
     procs.append(demo)
     started = record_children(demo)
     assert len(started) == EXPECTED_CHILDREN, started
+    wait_until(lambda: "load:" in output(demo), 20, "the demo's first load line", step=0.1)
+    # While it runs, every sidecar and the gateway serve their metrics.
+    ports = admin_ports(output(demo))
+    assert len(ports) == len(members()), output(demo)
+    for port in ports:
+        status, _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and b"mesh_requests_total{" in body, port
     demo.proc.wait(30)
+    spans = read_spans(span_files(tmp_path / "mesh-spans"))
+    assert {span["service"] for span in spans} >= set(members()), "a service made no span"
+    # Traces join up across services: some trace crosses the whole order path.
+    crossing: dict[str, set[str]] = {}
+    for span in spans:
+        crossing.setdefault(span["trace_id"], set()).add(span["service"])
+    assert max(len(services) for services in crossing.values()) >= 4, crossing
     text = output(demo)
     for name in members():
         assert re.search(rf"started {name}\s", text), text
