@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 import anyio
 from anyio.abc import Process
 
+from sidecar.assemble import make_sidecar
 from sidecar.config import SidecarConfig
-from sidecar.consul_wiring import make_sidecar
 from sidecar.runtime import Sidecar
 from sidecar.signals import stop_on_signals
 

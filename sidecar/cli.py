@@ -197,7 +197,7 @@ def startup_errors() -> Iterator[None]:
 async def _serve_until_signal(
     config: SidecarConfig, loader: Callable[[], SidecarConfig] | None = None
 ) -> None:
-    from sidecar.consul_wiring import make_sidecar
+    from sidecar.assemble import make_sidecar
 
     sidecar = make_sidecar(config)
     sidecar.config_loader = loader

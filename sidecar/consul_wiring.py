@@ -1,5 +1,5 @@
 """Consul mode: the resolver, registration and lifecycle hooks of a sidecar whose config sets
-`consul.address`; `make_sidecar` picks the discovery source a config names.
+`consul.address` (`sidecar.assemble.make_sidecar` picks the source a config names).
 
 The ACL token comes from `consul.token_file` (wins) or env CONSUL_HTTP_TOKEN; it lives only in
 the client, which sends it as X-Consul-Token and never logs it.
@@ -27,20 +27,6 @@ from sidecar.runtime import Sidecar
 log = logging.getLogger("sidecar.consul")
 
 _WILDCARDS = {"", "0.0.0.0", "::"}
-
-
-def make_sidecar(config: SidecarConfig) -> Sidecar:
-    """A sidecar with the discovery source its config names (static catalog or Consul)."""
-    if config.consul.address is None:
-        return Sidecar(config)
-    hooks = ConsulHooks(config)
-    return Sidecar(
-        config,
-        hooks.resolver,
-        [hooks],
-        tls_source=hooks.ca_source,
-        authorizer=hooks.intentions,
-    )
 
 
 def read_token(path: Path | None) -> str | None:
