@@ -23,15 +23,13 @@ from mesh.cluster import Cluster, EndpointState
 from mesh.errors import (
     AllEndpointsEjected,
     CircuitOpen,
-    LoopDetected,
     MeshError,
-    NoEndpoints,
     UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
 )
 from mesh.http1.message import Request, Response
-from mesh.layers.balance import FIRST_ANSWER_WAIT
+from mesh.layers.balance import first_endpoints, pick_another
 from mesh.resilience.breaker import REFUSED
 from mesh.resilience.outlier import OutlierDetector
 from mesh.resilience.retry import CONNECT_FAILURES
@@ -63,23 +61,13 @@ class HealthyBalance:
         cluster = self.cluster
         request.service = cluster.name
         states = cluster.states
-        if not states and not cluster.answered:
-            await cluster.wait_answered(FIRST_ANSWER_WAIT)
-            states = cluster.states
         if not states:
-            if cluster.loops:
-                raise LoopDetected(f"every endpoint of {cluster.name} is this sidecar")
-            if not cluster.answered:
-                raise NoEndpoints(f"discovery has not answered yet for {cluster.name}")
-            raise NoEndpoints(f"no endpoints for {cluster.name}")
+            states = await first_endpoints(cluster)
         detector = self.detector
         candidates = detector.candidates(states)
         if not candidates:
             raise self._refusal(states)
-        state = self.balancer.pick(candidates)
-        previous = request.endpoint
-        if state is previous and len(candidates) > 1:
-            state = self.balancer.pick([s for s in candidates if s is not previous])
+        state = pick_another(self.balancer, candidates, request.endpoint)
         ticket = detector.admit(state)
         if ticket == REFUSED:  # candidates are admissible; kept as a guard, not a path
             raise self._refusal(states)

@@ -35,13 +35,12 @@ from mesh.http1.pool import EndpointPool
 from mesh.identity.authorize import Authorizer
 from mesh.identity.spiffe import peer_identity
 from mesh.inline import Inline
+from mesh.layers.balance import first_endpoints
 from mesh.policy import HttpLimits
 from mesh.tunnel.pipe import Side, Tunnel
 
 log = logging.getLogger("mesh.tcp")
 
-#: How long a connection waits for the first discovery answer of its service.
-FIRST_ANSWER_WAIT = 2.0
 #: Endpoints tried for one connection when connecting fails (nothing was sent yet).
 CONNECT_ATTEMPTS = 2
 
@@ -246,8 +245,8 @@ class OutboundTcp(TcpConnection):
 
     async def open_upstream(self) -> Side:
         cluster = self.cluster
-        if not cluster.states and not cluster.answered:
-            await cluster.wait_answered(FIRST_ANSWER_WAIT)
+        if not cluster.states:
+            await first_endpoints(cluster)  # no endpoint: raises with the reason
         tried: set[EndpointState] = set()
         error: MeshError | None = None
         for _ in range(CONNECT_ATTEMPTS):
