@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.http1.message import Request, Response
+from mesh.stack import Handler
 from sidecar.admin_control import Control, current_level, metrics_response
 from sidecar.tracing_wiring import statistics as tracing_statistics
 
@@ -34,7 +35,7 @@ def json_response(status: int, data: Any) -> Response:
     return Response.local(status, json.dumps(data, indent=2).encode() + b"\n", list(_JSON))
 
 
-class Admin:
+class Admin(Handler):
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
         self._routes: dict[bytes, Callable[[], Response]] = {

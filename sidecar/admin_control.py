@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from mesh.http1.message import Request, Response
+from mesh.stack import Handler
 from sidecar.metrics import CONTENT_TYPE
 from sidecar.reload import ReloadRefused, reload, set_log_level
 
@@ -92,7 +93,7 @@ class Control:
         return self.respond(200, {"reloaded": True, "changed": changed})
 
 
-class MetricsOnly:
+class MetricsOnly(Handler):
     """The handler of the optional metrics listener: GET /metrics and nothing else."""
 
     def __init__(self, sidecar: Sidecar, respond: JsonResponder) -> None:

@@ -47,7 +47,7 @@ def load_keys(policy: ApiKeySetConfig) -> dict[bytes, str]:
     return digests
 
 
-class ApiKeyAuthenticate:
+class ApiKeyAuthenticate(Handler):
     def __init__(
         self, inner: Handler, policy: ApiKeySetConfig, keys: dict[bytes, str], realm: str
     ) -> None:

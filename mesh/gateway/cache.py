@@ -164,7 +164,7 @@ def freshness(headers: Headers, now_wall: float) -> float | None:
     return max(0.0, expires_at - base)
 
 
-class Cache:
+class Cache(Handler):
     def __init__(self, inner: Handler, store: ResponseStore, authenticated_route: bool) -> None:
         self.inner = inner
         self.store = store

@@ -71,7 +71,7 @@ def choose_encoding(accept: bytes | None, brotli_available: bool) -> bytes | Non
     return None
 
 
-class Compress:
+class Compress(Handler):
     def __init__(self, inner: Handler, policy: CompressionConfig) -> None:
         self.inner = inner
         self.policy = policy

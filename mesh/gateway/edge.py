@@ -22,7 +22,7 @@ TRACE_HEADERS = frozenset(
 )
 
 
-class DropClientTraceContext:
+class DropClientTraceContext(Handler):
     def __init__(self, inner: Handler) -> None:
         self.inner = inner
 

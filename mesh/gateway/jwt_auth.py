@@ -44,7 +44,7 @@ def header_value(claim: object) -> bytes:
     return re.sub(r"[^\x20-\x7e]", "?", text).encode("ascii")
 
 
-class JwtAuthenticate:
+class JwtAuthenticate(Handler):
     def __init__(self, inner: Handler, keys: KeySet, realm: str) -> None:
         self.inner = inner
         self.keys = keys

@@ -69,7 +69,7 @@ class TokenBuckets:
         return Decision(False, 0, wait, (self.burst - tokens) / self.rate)
 
 
-class RateLimit:
+class RateLimit(Handler):
     def __init__(self, inner: Handler, policy: RateLimitConfig, name: str) -> None:
         self.inner = inner
         self.key = policy.key

@@ -73,7 +73,7 @@ class RouteTable:
         return None
 
 
-class GatewayRoute:
+class GatewayRoute(Handler):
     """Normalise the path, drop headers only the gateway may set, pick the route."""
 
     def __init__(self, table: RouteTable, reserved_headers: frozenset[bytes]) -> None:
@@ -100,7 +100,7 @@ class GatewayRoute:
         return await entry.handler.handle(request)
 
 
-class PrefixRewrite:
+class PrefixRewrite(Handler):
     """Replace the matched prefix (`/users/7` with prefix `/users`, rewrite `/`: `/7`)."""
 
     def __init__(self, inner: Handler, prefix: str, rewrite: str) -> None:

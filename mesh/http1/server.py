@@ -176,6 +176,8 @@ class ServerConnection:
         self._write_stalled_since = 0.0
         self._phase = IDLE
         self._phase_since = 0.0
+        #: The clock when the chunk being parsed arrived (read once per `data_received`).
+        self._tick = 0.0
         self._head_bytes = 0
         self._parsing_body: Body | None = None
         self._body_progress = 0.0
@@ -288,10 +290,12 @@ class ServerConnection:
     def data_received(self, data: bytes) -> None:
         if self._stop_error is not None:
             return  # after a parse error nothing more is read
+        # One clock reading per chunk, for every parser callback it causes.
+        now = self._tick = self.now()
         if self._phase != BODY:
             self._head_bytes += len(data)
         else:
-            self._body_progress = self.now()
+            self._body_progress = now
         while True:
             try:
                 self._parser.feed_data(data)
@@ -365,7 +369,7 @@ class ServerConnection:
         self._reset_head()
         if self._phase != HEAD:
             self._phase = HEAD
-            self._phase_since = self.now()
+            self._phase_since = self._tick
 
     def on_url(self, url: bytes) -> None:
         self._url = self._url + url if self._url else url
@@ -426,7 +430,7 @@ class ServerConnection:
         except MeshError as exc:
             raise _Stop(exc) from None
         self._head_bytes = 0
-        now = self.now()
+        now = self._tick
         if request.body is not None:
             self._phase = BODY
             self._body_progress = now
@@ -492,7 +496,7 @@ class ServerConnection:
             keep_alive=keep_alive,
             client_addr=self.peer,
             scheme=self.scheme if scheme == b"http" else scheme,
-            received_at=self.now(),
+            received_at=self._tick,
         )
         request.forwarded_for = self._xff
         request.peer_identity = self.peer_identity
@@ -520,7 +524,7 @@ class ServerConnection:
             body.finish()
             self._parsing_body = None
         self._phase = IDLE
-        self._phase_since = self.now()
+        self._phase_since = self._tick
 
     # -- flow control; also the request body's producer side (see Body) -------------------
     def abandoned(self) -> None:

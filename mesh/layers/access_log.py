@@ -19,7 +19,7 @@ from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
 
-class AccessLog:
+class AccessLog(Handler):
     def __init__(
         self, inner: Handler, direction: str, stream: TextIO | None = None, fields: Any = None
     ) -> None:

@@ -17,7 +17,7 @@ from mesh.stack import Handler
 log = logging.getLogger("mesh.authorize")
 
 
-class Authorize:
+class Authorize(Handler):
     def __init__(self, inner: Handler, authorizer: Authorizer, own_identity: str) -> None:
         self.inner = inner
         self.authorizer = authorizer

@@ -41,7 +41,7 @@ def pick_another(
     return state
 
 
-class Balance:
+class Balance(Handler):
     def __init__(self, inner: Handler, cluster: Cluster, balancer: Balancer) -> None:
         self.inner = inner
         self.cluster = cluster

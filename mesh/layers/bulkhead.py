@@ -33,7 +33,7 @@ class Timer(Protocol):
 Schedule = Callable[[float, Callable[[], None]], Timer]
 
 
-class Bulkhead:
+class Bulkhead(Handler):
     def __init__(
         self,
         inner: Handler,

@@ -10,7 +10,7 @@ from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
 
-class ClientCertHeader:
+class ClientCertHeader(Handler):
     def __init__(self, inner: Handler, own_identity: str) -> None:
         self.inner = inner
         self._by = b"By=" + own_identity.encode() + b";URI="

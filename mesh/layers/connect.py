@@ -6,10 +6,11 @@ from mesh.cluster import EndpointState
 from mesh.errors import UpstreamReset
 from mesh.http1.client import request_head
 from mesh.http1.message import IDEMPOTENT_METHODS, Request, Response
+from mesh.stack import Handler
 from mesh.tunnel import websocket
 
 
-class Connect:
+class Connect(Handler):
     async def handle(self, request: Request) -> Response:
         if request.upgrade is not None:
             return await websocket.exchange(request)  # a connection of its own, never pooled

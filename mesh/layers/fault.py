@@ -25,7 +25,7 @@ from mesh.stack import Handler
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class FaultInjection:
+class FaultInjection(Handler):
     def __init__(
         self,
         inner: Handler,

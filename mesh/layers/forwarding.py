@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Coroutine
+from typing import Any
 
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
@@ -31,11 +33,12 @@ def new_request_id() -> bytes:
     return _IDS.next()
 
 
-class ForwardedHeaders:
+class ForwardedHeaders(Handler):
     def __init__(self, inner: Handler) -> None:
         self.inner = inner
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Coroutine[Any, Any, Response]:
+        """Nothing to do afterwards: the inner coroutine is returned, no frame of our own."""
         peer = request.client_addr.encode()
         xff = request.forwarded_for
         if not request.request_id:
@@ -45,4 +48,4 @@ class ForwardedHeaders:
             (b"x-forwarded-proto", request.scheme),
             (b"x-request-id", request.request_id),
         )
-        return await self.inner.handle(request)
+        return self.inner.handle(request)

@@ -44,7 +44,7 @@ ENDPOINT_FAILURES: tuple[type[MeshError], ...] = (
 )
 
 
-class HealthyBalance:
+class HealthyBalance(Handler):
     def __init__(
         self,
         inner: Handler,

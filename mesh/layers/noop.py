@@ -6,7 +6,7 @@ from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
 
-class Noop:
+class Noop(Handler):
     def __init__(self, inner: Handler) -> None:
         self.inner = inner
 

@@ -28,7 +28,7 @@ def split_authority(authority: bytes, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
-class Passthrough:
+class Passthrough(Handler):
     def __init__(
         self,
         inner: Handler,

@@ -7,7 +7,7 @@ from mesh.respond import error_response
 from mesh.stack import Handler
 
 
-class Rescue:
+class Rescue(Handler):
     def __init__(self, inner: Handler) -> None:
         self.inner = inner
 

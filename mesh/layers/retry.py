@@ -45,7 +45,7 @@ CALLER_RETRIED = "caller-retried"
 NOT_REPLAYABLE = "body-not-replayable"
 
 
-class Retry:
+class Retry(Handler):
     def __init__(
         self,
         inner: Handler,

@@ -26,7 +26,7 @@ def host_of(authority: bytes) -> str:
     return authority.split(b":", 1)[0].decode("ascii", "replace").lower()
 
 
-class Route:
+class Route(Handler):
     def __init__(self, services: ServiceStacks, passthrough: Handler | None = None) -> None:
         self.services = services
         self.passthrough = passthrough

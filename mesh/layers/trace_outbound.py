@@ -21,7 +21,7 @@ from mesh.tracing.recorder import CLIENT
 from mesh.tracing.tracer import Tracer
 
 
-class TraceOutbound:
+class TraceOutbound(Handler):
     def __init__(self, inner: Handler, tracer: Tracer) -> None:
         self.inner = inner
         self.tracer = tracer

@@ -19,7 +19,7 @@ from mesh.tracing.recorder import SERVER
 from mesh.tracing.tracer import Tracer
 
 
-class TraceServer:
+class TraceServer(Handler):
     def __init__(self, inner: Handler, tracer: Tracer) -> None:
         self.inner = inner
         self.tracer = tracer

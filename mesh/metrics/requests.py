@@ -65,7 +65,7 @@ class RequestStats:
         return [("other", other), *zip(STATUS_CLASSES[1:], counts[1:6], strict=True)]
 
 
-class ObserveRequests:
+class ObserveRequests(Handler):
     def __init__(self, inner: Handler, stats: RequestStats) -> None:
         self.inner = inner
         self.stats = stats

@@ -12,12 +12,13 @@ from mesh.inline import Waiter
 from mesh.layers.bulkhead import Bulkhead
 from mesh.resilience.policy import BulkheadPolicy
 from mesh.respond import error_response
+from mesh.stack import Handler
 from tests.support.fakes import Driven, ManualClock, ManualTimers, make_request, response
 
 pytestmark = pytest.mark.timeout(10)
 
 
-class Gate:
+class Gate(Handler):
     """An upstream that holds every request until the test lets it go."""
 
     def __init__(self) -> None:
@@ -134,7 +135,7 @@ def test_a_slot_handed_over_cancels_the_waiters_timer() -> None:
 
 
 def test_a_failing_request_frees_its_slot() -> None:
-    class Broken:
+    class Broken(Handler):
         async def handle(self, request: Request) -> Response:
             raise RuntimeError("bug below")
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(30)
 OFFERED = 1000
 
 
-class Leaf:
+class Leaf(Handler):
     def __init__(self) -> None:
         self.calls = 0
 
@@ -36,7 +36,7 @@ class Leaf:
         return response(503)
 
 
-class App:
+class App(Handler):
     """A service's app: calls the next hop, passing the cross-hop headers on (or not)."""
 
     def __init__(self, outbound: Handler, propagate: bool) -> None:

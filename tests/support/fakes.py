@@ -14,6 +14,7 @@ from typing import Any
 
 from mesh.http1.message import Headers, Request, Response
 from mesh.inline import Inline, Waiter
+from mesh.stack import Handler
 
 
 class ManualClock:
@@ -124,7 +125,7 @@ Outcome = Response | BaseException | Waiter[Response] | Callable[[Request], Resp
 
 
 @dataclass
-class Scripted:
+class Scripted(Handler):
     """An inner handler: answers with the next scripted outcome (200 once the script ends)."""
 
     script: list[Outcome] = field(default_factory=list)
