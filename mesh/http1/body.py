@@ -8,11 +8,11 @@ consumer has taken the buffer. This is how a 1 GiB body crosses the proxy in bou
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from mesh.inline import Waiter
 
-HIGH_WATER = 256 * 1024
+HIGH_WATER: Final = 256 * 1024
 
 
 class Producer(Protocol):

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.http1.client")
 
 # What the response head parser does with a header, by lower-case name (None: end-to-end).
-_DROP, _CL, _TE, _CONN = range(4)
-_SPECIAL = {
+_DROP: Final = 0
+_CL: Final = 1
+_TE: Final = 2
+_CONN: Final = 3
+_SPECIAL: Final = {
     b"content-length": _CL,
     b"transfer-encoding": _TE,
     b"connection": _CONN,
@@ -50,7 +53,7 @@ _SPECIAL = {
 }
 
 
-_NAMES = HeaderNames(_SPECIAL)
+_NAMES: Final = HeaderNames(_SPECIAL)
 
 
 class _HeadResponseDone(Exception):

@@ -8,9 +8,9 @@ up to `RESOLUTION` late, which is small against timeouts measured in hundreds of
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
-RESOLUTION = 0.02
+RESOLUTION: Final = 0.02
 
 
 class Expirable(Protocol):
@@ -40,4 +40,4 @@ class DeadlineSweeper:
 
 
 #: The process's sweeper; `run()` is started by whoever owns the event loop (the sidecar).
-SWEEPER = DeadlineSweeper()
+SWEEPER: Final = DeadlineSweeper()

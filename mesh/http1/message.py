@@ -8,17 +8,17 @@ written back by the serialiser, so no layer can forward a smuggling-shaped head 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from mesh.http1.body import Body
 
 Headers = list[tuple[bytes, bytes]]
-CRLF = b"\r\n"
+CRLF: Final = b"\r\n"
 #: Called once a response is written or aborted: (request, response, body bytes sent, error).
 Completion = Callable[["Request", "Response | None", int, str], None]
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy-only ones; never forwarded.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -32,9 +32,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-_REASONS = {
+_REASONS: Final = {
     100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content",
     206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
     400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
@@ -178,7 +178,7 @@ class Response:
 
 
 #: `HeaderNames.lookup` kind for an ordinary end-to-end header.
-END_TO_END = -1
+END_TO_END: Final = -1
 
 
 class HeaderNames:
@@ -209,7 +209,7 @@ class HeaderNames:
         return entry
 
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 def status_line(status: int, reason: bytes) -> bytes:

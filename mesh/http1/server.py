@@ -13,7 +13,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -42,8 +42,17 @@ log = logging.getLogger("mesh.http1.server")
 
 
 # What the head parser does with a header, by lower-case name; None means "end-to-end".
-_DROP, _HOST, _CL, _TE, _CONN, _XFF, _RID, _EXPECT, _UNDERSCORE, _UPGRADE = range(10)
-_SPECIAL: dict[bytes, int] = {
+_DROP: Final = 0
+_HOST: Final = 1
+_CL: Final = 2
+_TE: Final = 3
+_CONN: Final = 4
+_XFF: Final = 5
+_RID: Final = 6
+_EXPECT: Final = 7
+_UNDERSCORE: Final = 8
+_UPGRADE: Final = 9
+_SPECIAL: Final[dict[bytes, int]] = {
     b"host": _HOST,
     b"content-length": _CL,
     b"transfer-encoding": _TE,
@@ -63,13 +72,15 @@ _SPECIAL: dict[bytes, int] = {
     b"x-request-id": _RID,
     b"expect": _EXPECT,
 }
-_NAMES = HeaderNames(_SPECIAL, reject=_UNDERSCORE)
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_NAMES: Final = HeaderNames(_SPECIAL, reject=_UNDERSCORE)
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 #: Set as the stop error once a WebSocket handshake is read: what follows is not HTTP.
-_TUNNEL_NEXT = BadRequest("bytes after a WebSocket handshake belong to its tunnel")
+_TUNNEL_NEXT: Final = BadRequest("bytes after a WebSocket handshake belong to its tunnel")
 
-IDLE, HEAD, BODY = 0, 1, 2
+IDLE: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
 
 
 class _Stop(Exception):

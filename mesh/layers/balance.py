@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from mesh.balance import Balancer
 from mesh.cluster import Cluster, EndpointState
@@ -12,7 +13,7 @@ from mesh.stack import Handler
 
 #: How long a request waits for the first discovery answer of a service seen for the first
 #: time; after that, no answer means a fast 503 rather than a hang.
-FIRST_ANSWER_WAIT = 2.0
+FIRST_ANSWER_WAIT: Final = 2.0
 
 
 async def first_endpoints(cluster: Cluster) -> tuple[EndpointState, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Final
 
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
@@ -26,7 +26,7 @@ class RequestIds:
         return self.prefix + b"%016x" % self.count
 
 
-_IDS = RequestIds()
+_IDS: Final = RequestIds()
 
 
 def new_request_id() -> bytes:

@@ -16,7 +16,7 @@ its breaker as it was.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 from mesh.balance import Balancer
 from mesh.cluster import Cluster, EndpointState
@@ -36,7 +36,7 @@ from mesh.resilience.retry import CONNECT_FAILURES
 from mesh.stack import Handler
 
 #: Errors that count against the endpoint they happened with.
-ENDPOINT_FAILURES: tuple[type[MeshError], ...] = (
+ENDPOINT_FAILURES: Final[tuple[type[MeshError], ...]] = (
     *CONNECT_FAILURES,
     UpstreamReset,
     UpstreamTimeout,

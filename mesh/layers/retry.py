@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from tenacity import RetryCallState
 
@@ -40,9 +40,9 @@ from mesh.stack import Handler
 
 Sleep = Callable[[float], Awaitable[None]]
 
-RETRY_OVERFLOW = "retry-overflow"
-CALLER_RETRIED = "caller-retried"
-NOT_REPLAYABLE = "body-not-replayable"
+RETRY_OVERFLOW: Final = "retry-overflow"
+CALLER_RETRIED: Final = "caller-retried"
+NOT_REPLAYABLE: Final = "body-not-replayable"
 
 
 class Retry(Handler):

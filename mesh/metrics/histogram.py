@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Final
 
 #: Upper bounds in seconds, Prometheus' client defaults widened at both ends: a loopback
 #: hop takes well under a millisecond, a stuck upstream up to the request timeout.
-LATENCY_BUCKETS: tuple[float, ...] = (
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
+from typing import Final
 
 from mesh.errors import MeshError
 from mesh.http1.message import Request, Response
@@ -21,8 +22,8 @@ from mesh.respond import INTERNAL_REASON
 from mesh.stack import Handler
 
 #: Index = status // 100 (statuses have three digits); "other" collects 0xx and 6xx-9xx.
-STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
-_SLOTS = 10
+STATUS_CLASSES: Final = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+_SLOTS: Final = 10
 
 
 def reason_words() -> list[str]:

@@ -17,23 +17,23 @@ answer from a request admitted before a trip never closes a breaker: only the pr
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Final
 
 from mesh.resilience.clock import Clock, Random
 from mesh.resilience.policy import BreakerPolicy
 from mesh.resilience.window import SlidingCounts
 
-CLOSED = "closed"
-OPEN = "open"
-HALF_OPEN = "half-open"
+CLOSED: Final = "closed"
+OPEN: Final = "open"
+HALF_OPEN: Final = "half-open"
 
 #: Tickets `admit` hands out and outcomes carry back.
-REFUSED = 0
-ADMITTED = 1
-PROBE = 2
+REFUSED: Final = 0
+ADMITTED: Final = 1
+PROBE: Final = 2
 
 #: Exponents beyond this are capped anyway (2**64 seconds outlives every backoff_max).
-_MAX_DOUBLINGS = 64
+_MAX_DOUBLINGS: Final = 64
 
 
 class CircuitBreaker:

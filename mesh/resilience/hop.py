@@ -27,21 +27,22 @@ off, never on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from mesh.http1.message import Headers
 
-ATTEMPT_HEADER = b"x-mesh-attempt"
-DEADLINE_HEADER = b"x-mesh-deadline-ms"
+ATTEMPT_HEADER: Final = b"x-mesh-attempt"
+DEADLINE_HEADER: Final = b"x-mesh-deadline-ms"
 
-NONE = 0
-NEVER_SENT_ONLY = 1
-ALL = 2
+NONE: Final = 0
+NEVER_SENT_ONLY: Final = 1
+ALL: Final = 2
 
 #: Bounds on what a header may claim (a day of deadline, a hundred attempts).
-_MAX_ATTEMPT = 100
-_MAX_DEADLINE_MS = 86_400_000
+_MAX_ATTEMPT: Final = 100
+_MAX_DEADLINE_MS: Final = 86_400_000
 #: The header for small attempt numbers, made once (no allocation per request).
-_ATTEMPT_PAIRS = [(ATTEMPT_HEADER, b"%d" % n) for n in range(16)]
+_ATTEMPT_PAIRS: Final = [(ATTEMPT_HEADER, b"%d" % n) for n in range(16)]
 
 
 @dataclass(frozen=True, slots=True)

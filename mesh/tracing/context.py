@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Final
 
 #: A per-process generator seeded from the OS: ids must be unique, not secret, and
 #: `getrandbits` plus one `%x` costs a fraction of `os.urandom(...).hex()`.
@@ -15,7 +16,7 @@ _random = random.Random(os.urandom(16))
 _bits = _random.getrandbits
 
 
-_LOW64 = (1 << 64) - 1
+_LOW64: Final = (1 << 64) - 1
 
 
 def new_trace_id() -> tuple[bytes, int]:

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Final
 
 from mesh.tracing.context import TraceContext
 
 Headers = list[tuple[bytes, bytes]]
 
-TRACECONTEXT, BAGGAGE, B3, B3MULTI = "tracecontext", "baggage", "b3", "b3multi"
-FORMATS = (TRACECONTEXT, BAGGAGE, B3, B3MULTI)
-W3C_FORMATS = (TRACECONTEXT, BAGGAGE)
+TRACECONTEXT: Final = "tracecontext"
+BAGGAGE: Final = "baggage"
+B3: Final = "b3"
+B3MULTI: Final = "b3multi"
+FORMATS: Final = (TRACECONTEXT, BAGGAGE, B3, B3MULTI)
+W3C_FORMATS: Final = (TRACECONTEXT, BAGGAGE)
 
-TRACE_HEADERS = frozenset(
+TRACE_HEADERS: Final = frozenset(
     {
         b"traceparent",
         b"tracestate",
@@ -37,23 +41,23 @@ TRACE_HEADERS = frozenset(
 )
 
 #: W3C: vendors must propagate at least 512 bytes of tracestate, in at most 32 members.
-MAX_TRACESTATE = 512
-MAX_TRACESTATE_MEMBERS = 32
+MAX_TRACESTATE: Final = 512
+MAX_TRACESTATE_MEMBERS: Final = 32
 #: W3C Baggage limits; a larger baggage is dropped (the trace is kept).
-MAX_BAGGAGE = 8192
-MAX_BAGGAGE_MEMBERS = 180
+MAX_BAGGAGE: Final = 8192
+MAX_BAGGAGE_MEMBERS: Final = 180
 #: Longer values are not even looked at (a future traceparent version may grow a little).
-MAX_TRACEPARENT = 256
+MAX_TRACEPARENT: Final = 256
 
-_HEX_AND_DASH = b"0123456789abcdef-"
-_ODD_HEX = frozenset(b"13579bdf")
-_HEX16 = re.compile(rb"[0-9a-f]{16}")
-_HEX32 = re.compile(rb"[0-9a-f]{32}")
-_ZERO_TRACE = b"0" * 32
-_ZERO_SPAN = b"0" * 16
+_HEX_AND_DASH: Final = b"0123456789abcdef-"
+_ODD_HEX: Final = frozenset(b"13579bdf")
+_HEX16: Final = re.compile(rb"[0-9a-f]{16}")
+_HEX32: Final = re.compile(rb"[0-9a-f]{32}")
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_SPAN: Final = b"0" * 16
 
 #: The sampling decision a context arrived with: sampled, not sampled, or left to us.
-DEFERRED = -1
+DEFERRED: Final = -1
 
 
 class Incoming:
@@ -168,7 +172,9 @@ def parse_b3_multi(found: dict[bytes, bytes]) -> Incoming | None:
 
 
 #: What `extract` found besides the context: which trace headers the request carries.
-NO_TRACE_HEADERS, LONE_TRACEPARENT, OTHER_TRACE_HEADERS = 0, 1, 2
+NO_TRACE_HEADERS: Final = 0
+LONE_TRACEPARENT: Final = 1
+OTHER_TRACE_HEADERS: Final = 2
 
 
 def extract(headers: Headers) -> tuple[Incoming | None, int]:

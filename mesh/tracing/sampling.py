@@ -7,11 +7,12 @@ sidecar that sees a trace without a decision makes the same one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from mesh.tracing.propagation import DEFERRED
 
 #: The values of OTEL_TRACES_SAMPLER this project understands.
-SAMPLERS = (
+SAMPLERS: Final = (
     "always_on",
     "always_off",
     "traceidratio",
@@ -20,7 +21,7 @@ SAMPLERS = (
     "parentbased_traceidratio",
 )
 
-_MAX = 1 << 64
+_MAX: Final = 1 << 64
 
 
 @dataclass(frozen=True, slots=True)
