@@ -33,6 +33,7 @@ from mesh.http1.client import request_head
 from mesh.http1.message import Request, Response
 from mesh.http1.server import ConnectionTracker, ServerConnection
 from mesh.policy import HttpLimits
+from mesh.stack import Handler
 
 
 class InvariantBroken(AssertionError):
@@ -87,7 +88,7 @@ class MemoryTransport:
         pass
 
 
-class ForwardingHandler:
+class ForwardingHandler(Handler):
     """The far end of the stack: serialises each request as the upstream side would."""
 
     def __init__(self, outcome: Outcome) -> None:

@@ -68,11 +68,14 @@ Done = Callable[[Any, BaseException | None], None]
 class Inline:
     """Drive one coroutine to completion; `on_done(result, error)` is called once."""
 
-    __slots__ = ("_coro", "_on_done")
+    __slots__ = ("_coro", "_on_done", "_send")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], on_done: Done) -> None:
         self._coro = coro
         self._on_done = on_done
+        #: Bound once: the coroutine is resumed at every wait, and a by-name method call on
+        #: it costs a lookup each time.
+        self._send: Callable[[None], Any] = coro.send
 
     @classmethod
     def start(cls, coro: Coroutine[Any, Any, Any], on_done: Done) -> None:
@@ -81,7 +84,7 @@ class Inline:
     def _step(self, error: BaseException | None = None) -> None:
         coro = self._coro
         try:
-            yielded = coro.send(None) if error is None else coro.throw(error)
+            yielded = self._send(None) if error is None else coro.throw(error)
         except StopIteration as stop:
             self._on_done(stop.value, None)
             return

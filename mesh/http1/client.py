@@ -56,6 +56,10 @@ _SPECIAL: Final = {
 _NAMES: Final = HeaderNames(_SPECIAL)
 
 
+def _unwritable(data: bytes) -> None:
+    raise ConnectionError("not connected yet")
+
+
 class _HeadResponseDone(Exception):
     """Stops the parser after a response to HEAD: it has no body whatever its headers say."""
 
@@ -93,7 +97,8 @@ class UpstreamConnection:
         self.busy = False
         self.idle_since = 0.0
         self.requests = 0
-        self._parser = httptools.HttpResponseParser(self)
+        self._new_parser()
+        self._write: Callable[[bytes], None] = _unwritable
         self._waiter: Waiter[Response] | None = None
         self._parsed: Response | None = None
         self._body: Body | None = None
@@ -116,6 +121,7 @@ class UpstreamConnection:
     # -- lifecycle ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._write = self.transport.write  # type: ignore[union-attr]  # bound once
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -196,13 +202,13 @@ class UpstreamConnection:
         body = request.body
         if body is None:
             self._request_done = True
-            transport.write(head)
+            self._write(head)
         elif body.at_eof:
             self._request_done = True
             data = body.take_all()
             if request.content_length is None:
                 data = (b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)) if data else b"0\r\n\r\n"
-            transport.write(head + data)
+            self._write(head + data)
         else:
             self._request_done = False
             transport.write(head)
@@ -270,7 +276,7 @@ class UpstreamConnection:
             self.abort()
             return
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserCallbackError:
             if self._surplus:
                 # More bytes than the one response: deliver that response, then drop this
@@ -279,7 +285,7 @@ class UpstreamConnection:
                 self.pool.protocol_errors += 1
                 self._keep_alive = False
             elif self._head_request and self._response_done:
-                self._parser = httptools.HttpResponseParser(self)
+                self._new_parser()
             else:
                 self._protocol_error("invalid response")
         except httptools.HttpParserError as exc:
@@ -309,6 +315,13 @@ class UpstreamConnection:
             self._body.fail(error)
             self._body = None
         self.abort()
+
+    def _new_parser(self) -> None:
+        # Its methods are bound once: a by-name lookup per call adds up on the hot path.
+        parser = self._parser = httptools.HttpResponseParser(self)
+        self._feed: Callable[[bytes], None] = parser.feed_data
+        self._status: Callable[[], int] = parser.get_status_code
+        self._keeps_alive: Callable[[], bool] = parser.should_keep_alive
 
     def _reset_head(self) -> None:
         self._headers: list[tuple[bytes, bytes]] = []
@@ -342,10 +355,10 @@ class UpstreamConnection:
             self._conn_tokens.extend(t.strip().lower() for t in value.split(b","))
 
     def on_headers_complete(self) -> None:
-        status: int = self._parser.get_status_code()
+        status = self._status()
         if status < 200:
             return  # interim (100 Continue, 103): not forwarded
-        self._keep_alive = self._parser.should_keep_alive()
+        self._keep_alive = self._keeps_alive()
         headers = self._headers
         if self._conn_tokens:
             listed = {t for t in self._conn_tokens if t not in (b"close", b"keep-alive")}
@@ -374,7 +387,7 @@ class UpstreamConnection:
             body.feed(data)
 
     def on_message_complete(self) -> None:
-        if self._parser.get_status_code() < 200:
+        if self._status() < 200:
             return
         self._finish_response()
 

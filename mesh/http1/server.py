@@ -83,6 +83,10 @@ HEAD: Final = 1
 BODY: Final = 2
 
 
+def _unwritable(data: bytes) -> None:
+    raise ConnectionError("no transport yet")
+
+
 class _Stop(Exception):
     """Raised inside a parser callback to abandon parsing with a MeshError."""
 
@@ -177,7 +181,8 @@ class ServerConnection:
         self.busy = False
         #: The client has finished sending (FIN): answer what is queued, then close.
         self._peer_done = False
-        self._parser = httptools.HttpRequestParser(self)
+        self._new_parser()
+        self._write: Callable[[bytes], None] = _unwritable
         self._queue: deque[Request | MeshError] = deque()
         self._idle_waiter: Waiter[None] | None = None
         self._stop_error: MeshError | None = None
@@ -199,6 +204,7 @@ class ServerConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         assert self.transport is not None
+        self._write = self.transport.write
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         ssl_object = transport.get_extra_info("ssl_object")
@@ -309,7 +315,7 @@ class ServerConnection:
             self._body_progress = now
         while True:
             try:
-                self._parser.feed_data(data)
+                self._feed(data)
             except httptools.HttpParserCallbackError as exc:
                 # httptools chains the callback's own exception as the context.
                 stop = exc.__context__
@@ -327,7 +333,7 @@ class ServerConnection:
                     break
                 # Any other Upgrade is stripped: the request goes on as plain HTTP/1.1 and
                 # parsing continues on a fresh parser.
-                self._parser = httptools.HttpRequestParser(self)
+                self._new_parser()
                 if data:
                     continue
             except httptools.HttpParserError as exc:
@@ -361,6 +367,14 @@ class ServerConnection:
         if not self._queue or not isinstance(self._queue[-1], MeshError):
             self._queue.append(error)
         self._dispatch()
+
+    def _new_parser(self) -> None:
+        # Its methods are bound once: a by-name lookup per call adds up on the hot path.
+        parser = self._parser = httptools.HttpRequestParser(self)
+        self._feed: Callable[[bytes], None] = parser.feed_data
+        self._version: Callable[[], str] = parser.get_http_version
+        self._method: Callable[[], bytes] = parser.get_method
+        self._keeps_alive: Callable[[], bool] = parser.should_keep_alive
 
     def _reset_head(self) -> None:
         self._url = b""
@@ -456,11 +470,10 @@ class ServerConnection:
             self.transport.pause_reading()
 
     def _build_request(self) -> Request:
-        parser = self._parser
-        version = _VERSIONS.get(parser.get_http_version())
+        version = _VERSIONS.get(self._version())
         if version is None or (version == b"1.0" and not self.limits.allow_http10):
-            raise BadRequest(f"HTTP/{parser.get_http_version()} is not supported")
-        method: bytes = parser.get_method()
+            raise BadRequest(f"HTTP/{self._version()} is not supported")
+        method = self._method()
         url = self._url
         if url[:1] == b"/" and b"#" not in url and method != b"CONNECT":
             scheme, target, authority = b"http", url, None
@@ -479,7 +492,7 @@ class ServerConnection:
                 host = b""
             authority = host
         headers = self._headers
-        keep_alive = parser.should_keep_alive()
+        keep_alive = self._keeps_alive()
         tokens = self._conn_tokens
         if tokens:
             listed = {t for t in tokens if t not in (b"close", b"keep-alive")}
@@ -716,11 +729,11 @@ class ServerConnection:
         if head_only or body is None:
             if body is not None and not body.at_eof:
                 body.abandon()
-            transport.write(head)
+            self._write(head)
             return 0, "", None
         if length is not None and body.at_eof:
             data = body.take_all()
-            transport.write(head + data)
+            self._write(head + data)
             if len(data) != length:
                 self.abort("response body length did not match its Content-Length")
                 return len(data), "response-aborted", None
