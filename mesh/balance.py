@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol
+
+from mypy_extensions import mypyc_attr
 
 from mesh.cluster import EndpointState
 
 
-class Balancer(Protocol):
-    def pick(self, states: Sequence[EndpointState]) -> EndpointState: ...
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Balancer:
+    """A base class rather than a Protocol: compiled callers pick through a vtable slot."""
+
+    def pick(self, states: Sequence[EndpointState]) -> EndpointState:
+        raise NotImplementedError
 
 
-class PowerOfTwoChoices:
+class PowerOfTwoChoices(Balancer):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._random = (rng or random.Random()).random
 
@@ -37,7 +42,7 @@ class PowerOfTwoChoices:
         return b
 
 
-class RoundRobin:
+class RoundRobin(Balancer):
     """Weighted round robin (each endpoint appears `weight` times in the cycle)."""
 
     def __init__(self) -> None:

