@@ -725,20 +725,20 @@ class ServerConnection:
         elif request is not None and request.version == b"1.0":
             lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        head = b"".join(lines)
         if head_only or body is None:
             if body is not None and not body.at_eof:
                 body.abandon()
-            self._write(head)
+            self._write(b"".join(lines))
             return 0, "", None
         if length is not None and body.at_eof:
             data = body.take_all()
-            self._write(head + data)
+            lines.append(data)  # head and body in one join, one write
+            self._write(b"".join(lines))
             if len(data) != length:
                 self.abort("response body length did not match its Content-Length")
                 return len(data), "response-aborted", None
             return len(data), "", None
-        transport.write(head)
+        transport.write(b"".join(lines))
         return 0, "", body
 
     async def _stream_body(self, body: Body, chunked: bool) -> int:
