@@ -7,6 +7,12 @@ so it stays meaningful on a busy machine. Complements bench/run.py, which measur
 whole system with real sockets against nginx and haproxy.
 
     .venv/bin/python bench/hotpath.py [--requests 200000] [--connections 64] [--noop-layers 0]
+    .venv/bin/python bench/hotpath.py --instructions     # exact, under valgrind (slow)
+
+`--instructions` counts machine instructions per request instead of timing: the program runs
+twice under callgrind (N and 3N requests) and the difference is divided by 2N, so start-up
+cancels out. The count does not move with the machine's load, which makes it the measure for
+small changes; time still decides (an instruction is not a cycle).
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -137,6 +148,28 @@ async def run(
     return used / requests * 1e6
 
 
+def count_instructions(requests: int, passthrough: list[str]) -> float:
+    """Instructions per request: callgrind runs of `requests` and 3x `requests`, diffed."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (Debian package `valgrind`)")
+    totals = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (requests, 3 * requests):
+            out = subprocess.run(
+                [
+                    valgrind, "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
+                    sys.executable, __file__, "--requests", str(n), *passthrough,
+                ],
+                capture_output=True, text=True, check=True, timeout=1800,
+            )  # fmt: skip
+            found = re.search(r"Collected : (\d+)", out.stderr)
+            if found is None:
+                raise SystemExit(f"no instruction count from valgrind:\n{out.stderr[-2000:]}")
+            totals.append(int(found.group(1)))
+    return (totals[1] - totals[0]) / (2 * requests)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200_000)
@@ -144,7 +177,20 @@ def main() -> None:
     parser.add_argument("--noop-layers", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
     parser.add_argument("--bare", action="store_true", help="no retries, no breakers")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under valgrind instead"
+    )
     args = parser.parse_args()
+    if args.instructions:
+        passthrough = ["--connections", str(args.connections)]
+        passthrough += ["--noop-layers", str(args.noop_layers)] + (["--bare"] if args.bare else [])
+        per_request = count_instructions(min(args.requests, 5000), passthrough)
+        print(
+            f"{per_request:.0f} instructions per request through one hop (no sockets), "
+            f"{args.noop_layers} no-op layers"
+            f"{', bare (no resilience)' if args.bare else ', resilience at its defaults'}"
+        )
+        return
     os.environ["MESH_BENCH_NOOP_LAYERS"] = str(args.noop_layers)
     import uvloop
 
