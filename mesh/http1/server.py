@@ -52,13 +52,14 @@ _RID: Final = 6
 _EXPECT: Final = 7
 _UNDERSCORE: Final = 8
 _UPGRADE: Final = 9
+_PROXY_CONN: Final = 10
 _SPECIAL: Final[dict[bytes, int]] = {
     b"host": _HOST,
     b"content-length": _CL,
     b"transfer-encoding": _TE,
     b"connection": _CONN,
     b"keep-alive": _DROP,
-    b"proxy-connection": _DROP,
+    b"proxy-connection": _PROXY_CONN,  # dropped; llhttp reads keep-alive from it too
     b"te": _DROP,
     b"trailer": _DROP,
     b"upgrade": _UPGRADE,  # removed, unless it asks for a WebSocket (mesh.tunnel)
@@ -198,6 +199,8 @@ class ServerConnection:
         self._parsing_body: Body | None = None
         self._body_progress = 0.0
         self._valid_host = b""
+        #: A response went out close-delimited: its end is the connection's end.
+        self._close_after = False
         self._reset_head()
 
     # -- connection lifecycle -----------------------------------------------------------------
@@ -383,6 +386,7 @@ class ServerConnection:
         self._cl: bytes | None = None
         self._chunked = False
         self._conn_tokens: list[bytes] | None = None
+        self._proxy_conn = False
         self._xff: bytes | None = None
         self._rid: bytes | None = None
         self._expect = False
@@ -446,6 +450,8 @@ class ServerConnection:
             self._rid = value
         elif kind == _EXPECT:
             self._expect = value.lower() == b"100-continue"
+        elif kind == _PROXY_CONN:
+            self._proxy_conn = True
         elif kind == _UPGRADE:
             self._upgrade = value
 
@@ -470,7 +476,16 @@ class ServerConnection:
             self.transport.pause_reading()
 
     def _build_request(self) -> Request:
-        version = _VERSIONS.get(self._version())
+        keep_alive = self._keeps_alive()
+        tokens = self._conn_tokens
+        if keep_alive and tokens is None and not self._proxy_conn:
+            # llhttp accepts only HTTP/0.9, 1.0, 1.1 and 2.0, and with no Connection or
+            # Proxy-Connection header keeps alive only a major and minor above 0: this is
+            # 1.1, known without get_http_version() (which formats a string: the costliest
+            # call of a request's parse).
+            version: bytes | None = b"1.1"
+        else:
+            version = _VERSIONS.get(self._version())
         if version is None or (version == b"1.0" and not self.limits.allow_http10):
             raise BadRequest(f"HTTP/{self._version()} is not supported")
         method = self._method()
@@ -492,8 +507,6 @@ class ServerConnection:
                 host = b""
             authority = host
         headers = self._headers
-        keep_alive = self._keeps_alive()
-        tokens = self._conn_tokens
         if tokens:
             listed = {t for t in tokens if t not in (b"close", b"keep-alive")}
             if listed:
@@ -622,8 +635,10 @@ class ServerConnection:
                 sent, error = await self._stream_rest(item, response, stream)
             ok = self._completed(item, response, sent, error)
             self.busy = False
-            if not (ok and keep) or (
-                (self.tracker.draining or self._peer_done) and not self._queue
+            if (
+                not (ok and keep)
+                or self._close_after
+                or ((self.tracker.draining or self._peer_done) and not self._queue)
             ):
                 self.close()
                 return
@@ -718,6 +733,7 @@ class ServerConnection:
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
                 keep_alive = False  # close-delimited for an HTTP/1.0 client
+                self._close_after = True
         elif not head_only:
             lines.append(b"content-length: 0\r\n")
         if not keep_alive:

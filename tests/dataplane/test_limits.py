@@ -135,8 +135,14 @@ def test_busy_keep_alive_is_not_closed_as_idle(limited: Limited) -> None:
     assert len({r.conn_id for r in limited.upstream.requests}) == 1
 
 
-def test_http10_refused_when_disabled(limited: Limited) -> None:
-    result = send_raw(limited.port, b"GET / HTTP/1.0\r\nHost: app\r\n\r\n", timeout=3)
+@pytest.mark.parametrize(
+    "keep_alive",
+    [b"", b"Connection: keep-alive\r\n", b"Proxy-Connection: keep-alive\r\n"],
+    ids=["plain", "connection-keep-alive", "proxy-connection-keep-alive"],
+)
+def test_http10_refused_when_disabled(limited: Limited, keep_alive: bytes) -> None:
+    raw = b"GET / HTTP/1.0\r\nHost: app\r\n" + keep_alive + b"\r\n"
+    result = send_raw(limited.port, raw, timeout=3)
     head = parse_head(result.data)
     assert head.status in (400, 426, 505)
     assert head.get("x-mesh-error")

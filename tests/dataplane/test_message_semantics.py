@@ -144,10 +144,17 @@ def test_close_delimited_upstream_response_arrives_complete(mesh: MeshPair) -> N
     assert (again.status, again.get("x-echo-target")) == (200, "/again")
 
 
-def test_http10_client_gets_no_chunked_response(mesh: MeshPair) -> None:
+@pytest.mark.parametrize(
+    "keep_alive",
+    [b"", b"Connection: keep-alive\r\n", b"Proxy-Connection: keep-alive\r\n"],
+    ids=["plain", "connection-keep-alive", "proxy-connection-keep-alive"],
+)
+def test_http10_client_gets_no_chunked_response(mesh: MeshPair, keep_alive: bytes) -> None:
+    """Also when it asks to keep the connection: it is still an HTTP/1.0 client."""
     data = b"a" * 3000 + b"b" * 3000
     mesh.upstream.handler = lambda req: Reply(body=[data[:3000], data[3000:]], framing="chunked")
-    result = send_raw(mesh.outbound_port, b"GET /old HTTP/1.0\r\nHost: app\r\n\r\n", timeout=5)
+    raw = b"GET /old HTTP/1.0\r\nHost: app\r\n" + keep_alive + b"\r\n"
+    result = send_raw(mesh.outbound_port, raw, timeout=5)
     head = parse_head(result.data)
     assert head.status == 200
     assert head.get("transfer-encoding") is None
