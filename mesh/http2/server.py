@@ -85,6 +85,8 @@ class H2Server(H2Base):
         self.going_away = False
         self._opened_at = 0.0
         self._last_activity = 0.0
+        #: The last stream looked at: GOAWAY names it, not whatever else one read held.
+        self._last_stream = 0
 
     def start(self, transport: asyncio.Transport, data: bytes) -> None:
         self.transport = transport
@@ -188,6 +190,7 @@ class H2Server(H2Base):
         self, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool, now: float
     ) -> None:
         self.guard.streams += 1
+        self._last_stream = stream_id
         if self.going_away or self.tracker.draining:
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
@@ -355,7 +358,7 @@ class H2Server(H2Base):
         log.info("closing HTTP/2 connection from %s: %s", self.peer, why)
         self.going_away = True
         with contextlib.suppress(h2.exceptions.H2Error):
-            self.conn.close_connection(code)
+            self.conn.close_connection(code, last_stream_id=self._last_stream)
         self.flush()
         self.close()
 
