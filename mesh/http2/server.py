@@ -102,7 +102,7 @@ class H2Server(H2Base):
         )
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        self.flush_now()
         if data:
             self.data_received(data)
 
@@ -129,7 +129,7 @@ class H2Server(H2Base):
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
-            self.flush()
+            self.flush_now()
             self.close()
             return
         now = self.loop.time()
@@ -138,7 +138,7 @@ class H2Server(H2Base):
             if self.closed:
                 return
             self._event(event, now)
-        self.flush()
+        self.flush_now()
 
     def _event(self, event: Any, now: float) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -350,7 +350,7 @@ class H2Server(H2Base):
             return
         self.going_away = True
         self.conn.close_connection(ErrorCodes.NO_ERROR)
-        self.flush()
+        self.flush_now()
         if not self.active:
             self.close()
 
@@ -359,7 +359,7 @@ class H2Server(H2Base):
         self.going_away = True
         with contextlib.suppress(h2.exceptions.H2Error):
             self.conn.close_connection(code, last_stream_id=self._last_stream)
-        self.flush()
+        self.flush_now()
         self.close()
 
     def close(self) -> None:
