@@ -295,6 +295,7 @@ class H2Client(H2Base):
     # -- ending -------------------------------------------------------------------------------
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush_now()  # what was queued this turn goes out before the close
             self.closed = True
             self.going_away = True
             self.transport.close()

@@ -20,6 +20,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from mesh.errors import BadRequest, MeshError, RequestTimeout
 from mesh.http1.body import Body
@@ -349,8 +350,14 @@ class H2Server(H2Base):
         if self.closed or self.going_away:
             return
         self.going_away = True
-        self.conn.close_connection(ErrorCodes.NO_ERROR)
+        # Written by hand: `h2` takes its own GOAWAY as the end of the connection and would
+        # refuse to send the answers still owed on open streams.
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = ErrorCodes.NO_ERROR
         self.flush_now()
+        if self.transport is not None:
+            self.transport.write(goaway.serialize())
         if not self.active:
             self.close()
 
@@ -364,6 +371,7 @@ class H2Server(H2Base):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush_now()  # what was queued this turn goes out before the close
             self.closed = True
             self.transport.close()
             self._wake_all()

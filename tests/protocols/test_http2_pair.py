@@ -193,3 +193,21 @@ def test_request_and_response_bodies_arrive_byte_exact(pair: Pair, size: int) ->
     assert (up.status, up.headers["x-size"]) == (200, str(size))
     assert up.headers["x-sha256"] == hashlib.sha256(data).hexdigest()
     assert echoed.size == size and echoed.digest == hashlib.sha256(data).hexdigest()
+
+
+def test_an_upstream_stream_reset_is_upstream_reset(pair: Pair) -> None:
+    with H2Peer(pair.api_port) as peer:
+        response = peer.request("GET", "/reset")
+        after = peer.request("GET", "/after-reset")
+    assert response.status == 502
+    assert response.headers["x-mesh-error"] == "upstream-reset"
+    assert after.status == 200  # the connection carrying the reset stream goes on
+
+
+def test_a_goaway_connection_is_replaced_not_reused(pair: Pair) -> None:
+    with H2Peer(pair.api_port) as peer:
+        assert peer.request("GET", "/goaway").status == 200
+        before = pair.app.connections
+        responses = [peer.request("GET", f"/after-goaway/{i}") for i in range(3)]
+    assert [r.status for r in responses] == [200] * 3
+    assert pair.app.connections == before + 1  # one new connection, then reused
