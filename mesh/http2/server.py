@@ -70,7 +70,10 @@ class H2Server(H2Base):
             client_side=False,
             header_encoding=None,
             validate_inbound_headers=False,  # headers.py checks them, per stream
+            normalize_inbound_headers=False,
+            # What the layers pass on is lower-case bytes already, filtered by headers.py.
             validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         super().__init__(_Connection(config=config))
         self.shell = shell
