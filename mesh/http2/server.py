@@ -87,15 +87,16 @@ class H2Server(H2Base):
         #: Streams whose request is in the stack or whose answer is being written.
         self.active = 0
         self.going_away = False
-        self._opened_at = 0.0
         self._last_activity = 0.0
+        #: Since when a request head has been incomplete (0: none is).
+        self._head_since = 0.0
         #: The last stream looked at: GOAWAY names it, not whatever else one read held.
         self._last_stream = 0
 
     def start(self, transport: asyncio.Transport, data: bytes) -> None:
         self.transport = transport
         now = self.loop.time()
-        self._opened_at = self._last_activity = now
+        self._last_activity = now
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -312,6 +313,8 @@ class H2Server(H2Base):
             self._last_activity = self.loop.time()
         if error is not None:
             log.error("an HTTP/2 stream from %s failed", self.peer, exc_info=error)
+            self._reset(flow.stream_id, ErrorCodes.INTERNAL_ERROR)  # never left unanswered
+            self.flush()
         body = flow.body
         if body is not None and not body.at_eof and not body.failed:
             body.abandon()  # answered before the request body ended: the rest is dropped
@@ -325,13 +328,14 @@ class H2Server(H2Base):
         if self._write_paused and now - self._write_stalled_since > limits.write_timeout:
             self.abort("client stopped reading the response")
             return
-        buffered = getattr(self.conn.incoming_buffer, "_headers_buffer", None)
-        if buffered and now - self._last_activity > limits.header_timeout:
-            self._go_away(ErrorCodes.PROTOCOL_ERROR, "request head not received in time")
-            return
-        if self.guard.streams == 0 and now - self._opened_at > limits.header_timeout:
-            self._go_away(ErrorCodes.NO_ERROR, "no request in time")
-            return
+        if self._head_pending():
+            if not self._head_since:
+                self._head_since = now
+            elif now - self._head_since > limits.header_timeout:
+                self._go_away(ErrorCodes.PROTOCOL_ERROR, "request head not received in time")
+                return
+        else:
+            self._head_since = 0.0
         if not self.active and now - self._last_activity > limits.idle_timeout:
             self._go_away(ErrorCodes.NO_ERROR, "idle")
             return
@@ -347,6 +351,15 @@ class H2Server(H2Base):
                 body.fail(RequestTimeout("request body stalled"))
                 self._reset(flow.stream_id, ErrorCodes.CANCEL)
         self.flush()
+
+    def _head_pending(self) -> bool:
+        """A header block has begun and not ended: HEADERS awaiting its CONTINUATIONs, or a
+        HEADERS/CONTINUATION frame only partly read (slowloris, HTTP/2 style)."""
+        incoming = self.conn.incoming_buffer
+        if getattr(incoming, "_headers_buffer", None):
+            return True
+        data = getattr(incoming, "_data", b"")
+        return len(data) >= 4 and data[3] in (0x1, 0x9)
 
     def drain(self) -> None:
         """GOAWAY: no new streams; the connection closes once the open ones are answered."""
