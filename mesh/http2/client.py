@@ -119,7 +119,7 @@ class H2Client(H2Base):
             return
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2.exceptions.H2Error as exc:
             log.warning("%s broke HTTP/2: %s", self.label, exc)
             self.flush_now()
             self._fail_all(UpstreamProtocolError(f"{self.label} broke HTTP/2: {exc}"))

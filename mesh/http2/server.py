@@ -132,7 +132,7 @@ class H2Server(H2Base):
             return
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2.exceptions.H2Error as exc:
             log.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
             self.flush_now()
             self.close()
