@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.http2.server")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: SETTINGS_MAX_CONCURRENT_STREAMS (Envoy's edge: 100); streams past it get REFUSED_STREAM.
 MAX_CONCURRENT_STREAMS = 100
 #: The request version a stream's `Request` carries: how the layers tell HTTP/2 apart.
