@@ -9,6 +9,7 @@ tests that drive the sidecar's HTTP/2 listeners and its HTTP/2 upstream connecti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -225,6 +226,8 @@ class H2App:
 
     def stop(self) -> None:
         self._stop = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.listener.close()
         self._thread.join(5)
 
