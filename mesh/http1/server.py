@@ -29,6 +29,7 @@ from mesh.http1.message import (
     status_line,
 )
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
+from mesh.http2 import PREFACE, Takeover
 from mesh.identity.spiffe import peer_identity
 from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
@@ -201,6 +202,11 @@ class ServerConnection:
         self._valid_host = b""
         #: A response went out close-delimited: its end is the connection's end.
         self._close_after = False
+        #: No byte read yet: the first ones may be HTTP/2's preface.
+        self._fresh = True
+        #: The HTTP/2 protocol (mesh.http2.server) this connection handed its transport to;
+        #: the tracker still holds this object, which passes its calls on.
+        self.h2: Takeover | None = None
         self._reset_head()
 
     # -- connection lifecycle -----------------------------------------------------------------
@@ -225,6 +231,11 @@ class ServerConnection:
         if not self.tracker.add(self):
             self.closed = True
             self.transport.abort()
+            return
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            from mesh.http2.server import take_over
+
+            take_over(self, b"")
             return
         self._phase_since = self.now()
         Inline.start(self._serve(), self._serve_done)
@@ -272,6 +283,9 @@ class ServerConnection:
             waiter.set_result(None)
 
     def drain(self) -> None:
+        if self.h2 is not None:
+            self.h2.drain()
+            return
         if not self.busy and not self._queue and self._phase == IDLE:
             self.close()
         # A busy connection sees tracker.draining when its response head is written.
@@ -282,6 +296,9 @@ class ServerConnection:
             self.transport.close()
 
     def abort(self, why: str) -> None:
+        if self.h2 is not None:
+            self.h2.abort(why)
+            return
         if self.transport is not None and not self.transport.is_closing():
             log.info("aborting connection from %s: %s", self.peer, why)
             self.transport.abort()
@@ -289,6 +306,9 @@ class ServerConnection:
 
     def check_timeouts(self, now: float) -> None:
         """Called by the tracker's sweep: slowloris, slow bodies, idle and unread responses."""
+        if self.h2 is not None:
+            self.h2.check_timeouts(now)
+            return
         limits = self.limits
         elapsed = now - self._phase_since
         if self._phase == HEAD and elapsed > limits.header_timeout:
@@ -308,6 +328,13 @@ class ServerConnection:
 
     # -- parsing (protocol callbacks) ---------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._fresh:  # the first bytes: HTTP/2's preface hands the connection over
+            self._fresh = False
+            if data[:3] == b"PRI" and data[:24] == PREFACE[: len(data)]:
+                from mesh.http2.server import take_over
+
+                take_over(self, data)
+                return
         if self._stop_error is not None:
             return  # after a parse error nothing more is read
         # One clock reading per chunk, for every parser callback it causes.
