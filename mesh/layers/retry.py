@@ -10,7 +10,8 @@ an optional `ResourceGauge` caps retries in flight (Envoy's max_retries).
 Each attempt gets its own deadline (`per_try_timeout`, within the overall one and within
 the caller's `x-mesh-deadline-ms`) and carries the cross-hop headers (`mesh.resilience.hop`).
 A request that cannot be retried (no retries allowed, caller already retried, body not
-replayable) passes through with one deposit and one header scan.
+replayable) passes through with one deposit and one header scan. A gRPC answer of HTTP 200
+whose head carries a failing `grpc-status` counts as a failed attempt (`mesh.grpc.outcome`).
 
 When no retry is made, the client gets the last attempt's own outcome: the upstream's
 response, or the error of that attempt. A proxy-made error that a refused budget left
@@ -27,6 +28,7 @@ from typing import Any
 from tenacity import RetryCallState
 
 from mesh.errors import MeshError, RetryBudgetExhausted
+from mesh.grpc.outcome import retry_candidate
 from mesh.http1.body import Body
 from mesh.http1.message import Request, Response
 from mesh.resilience import hop
@@ -136,7 +138,11 @@ class Retry:
                     if holding_gauge and gauge is not None:
                         holding_gauge = False
                         gauge.release()
-                if response is not None and response.status < 500:
+                if (
+                    response is not None
+                    and response.status < 500
+                    and (request.version != b"2" or not retry_candidate(response))
+                ):
                     self.latency.observe(clock() - started)
                     return response
 
