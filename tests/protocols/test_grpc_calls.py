@@ -1,0 +1,212 @@
+"""Real gRPC calls through a sidecar pair: the sidecars see calls, not bytes.
+
+    grpcio client -> caller sidecar (upstream `greeter`, protocol grpc) --h2 over mTLS-->
+        greeter sidecar (app_protocol grpc) --h2c--> grpcio server
+
+Unary and streaming calls with their trailers, a server answering UNAVAILABLE retried by
+the caller's sidecar (attempts counted at the server), `grpc-timeout` honoured, proxy-made
+failures (no endpoints, forbidden) as proper gRPC statuses with `x-mesh-error`, and the
+status in the sidecar's metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.support.certs import Pki
+from tests.support.processes import MeshProcess, Sidecars, free_port, http_get, write_yaml
+
+pytestmark = pytest.mark.timeout(60)
+
+SERVICE = "mesh.test.Greeter"
+
+
+class Greeter:
+    """Raw-bytes methods (no generated code), counting the calls that reach it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.flaky_calls = 0
+
+    def hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.set_trailing_metadata((("x-trailer", "kept"), ("x-bin-bin", b"\x00\xff")))
+        return b"hello " + request
+
+    def count(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        return b"%d" % sum(len(r) for r in requests)
+
+    def split(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        context.set_trailing_metadata((("x-streamed", "yes"),))
+        yield from (bytes([b]) for b in request)
+
+    def echo(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for request in requests:
+            yield request.upper()
+
+    def flaky(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """UNAVAILABLE on the first call of each pair, OK on the second."""
+        with self.lock:
+            self.flaky_calls += 1
+            first = self.flaky_calls % 2 == 1
+        if first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return b"ready"
+
+    def slow(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.release.wait(10)  # released by the test once the client gave up
+        return request
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Hello": grpc.unary_unary_rpc_method_handler(self.hello),
+                "Count": grpc.stream_unary_rpc_method_handler(self.count),
+                "Split": grpc.unary_stream_rpc_method_handler(self.split),
+                "Echo": grpc.stream_stream_rpc_method_handler(self.echo),
+                "Flaky": grpc.unary_unary_rpc_method_handler(self.flaky),
+                "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
+            },
+        )
+
+
+@dataclass
+class Mesh:
+    greeter: Greeter
+    channel: grpc.Channel
+    #: A port whose upstream has no endpoints, and one whose service refuses the caller.
+    empty: grpc.Channel
+    denied: grpc.Channel
+    caller: MeshProcess
+
+
+@pytest.fixture(scope="module")
+def mesh(pki: Pki, sidecars: Sidecars) -> Iterator[Mesh]:
+    greeter = Greeter()
+    server = grpc.server(ThreadPoolExecutor(8))
+    server.add_generic_rpc_handlers((greeter.handler(),))
+    app_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    inbound, locked = free_port(), free_port()
+    for name, listen, policy in (
+        ("greeter", inbound, {}),
+        ("locked", locked, {"authorization": {"deny": ["caller"]}}),
+    ):
+        config = {"app_protocol": "grpc", **policy}
+        sidecars.start(
+            "--service", name, "--app-port", str(app_port), "--listen", f"127.0.0.1:{listen}",
+            "--config", str(write_yaml(sidecars.log_dir / f"{name}.yaml", config)),
+            *pki.issue(name).flags(), name=name,
+        )  # fmt: skip
+    catalog = write_yaml(
+        sidecars.log_dir / "grpc-catalog.yaml",
+        {
+            "services": {
+                "greeter": [f"127.0.0.1:{inbound}"],
+                "locked": [f"127.0.0.1:{locked}"],
+                "nobody": [],
+            }
+        },
+    )
+    ports = {name: free_port() for name in ("greeter", "locked", "nobody")}
+    caller_config = {
+        "upstreams": [
+            {"name": name, "local_port": port, "protocol": "grpc"} for name, port in ports.items()
+        ]
+    }
+    caller = sidecars.start(
+        "--service", "caller", "--catalog", str(catalog),
+        "--config", str(write_yaml(sidecars.log_dir / "caller.yaml", caller_config)),
+        *pki.issue("caller").flags(), name="grpc-caller",
+    )  # fmt: skip
+    channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, port in ports.items()}
+    try:
+        yield Mesh(greeter, channels["greeter"], channels["nobody"], channels["locked"], caller)
+    finally:
+        greeter.release.set()
+        for chan in channels.values():
+            chan.close()
+        server.stop(grace=None)
+
+
+def method(chan: grpc.Channel, name: str, kind: str = "unary_unary") -> Any:
+    return getattr(chan, kind)(f"/{SERVICE}/{name}")
+
+
+def test_unary_call_with_its_trailers(mesh: Mesh) -> None:
+    response, call = method(mesh.channel, "Hello").with_call(b"mesh", timeout=10)
+    assert response == b"hello mesh"
+    assert call.code() == grpc.StatusCode.OK
+    trailers = dict(call.trailing_metadata())
+    assert trailers["x-trailer"] == "kept"
+    assert trailers["x-bin-bin"] == b"\x00\xff"
+
+
+def test_client_streaming(mesh: Mesh) -> None:
+    chunks = [bytes(1000)] * 100
+    assert method(mesh.channel, "Count", "stream_unary")(iter(chunks), timeout=10) == b"100000"
+
+
+def test_server_streaming_with_trailers(mesh: Mesh) -> None:
+    call = method(mesh.channel, "Split", "unary_stream")(b"abcdef", timeout=10)
+    assert list(call) == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    assert dict(call.trailing_metadata())["x-streamed"] == "yes"
+
+
+def test_bidirectional_stream(mesh: Mesh) -> None:
+    messages = [f"message {i}".encode() for i in range(50)]
+    replies = list(method(mesh.channel, "Echo", "stream_stream")(iter(messages), timeout=10))
+    assert replies == [m.upper() for m in messages]
+
+
+def test_unavailable_is_retried_by_the_callers_sidecar(mesh: Mesh) -> None:
+    before = mesh.greeter.flaky_calls
+    response, call = method(mesh.channel, "Flaky").with_call(b"x", timeout=10)
+    assert response == b"ready" and call.code() == grpc.StatusCode.OK
+    assert mesh.greeter.flaky_calls - before == 2, "one UNAVAILABLE, then one retry"
+
+
+def test_grpc_timeout_bounds_the_call(mesh: Mesh) -> None:
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as failed:
+        method(mesh.channel, "Slow")(b"x", timeout=0.5)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 2.0
+    mesh.greeter.release.set()
+
+
+def test_no_endpoints_is_unavailable_with_the_mesh_reason(mesh: Mesh) -> None:
+    with pytest.raises(grpc.RpcError) as failed:
+        method(mesh.empty, "Hello")(b"x", timeout=10)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no-endpoints" in failed.value.details()
+    assert dict(failed.value.trailing_metadata())["x-mesh-error"] == "no-endpoints"
+
+
+def test_forbidden_is_permission_denied_with_the_mesh_reason(mesh: Mesh) -> None:
+    with pytest.raises(grpc.RpcError) as failed:
+        method(mesh.denied, "Hello")(b"x", timeout=10)
+    assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert dict(failed.value.trailing_metadata())["x-mesh-error"] == "forbidden"
+
+
+def test_metrics_count_calls_by_grpc_status(mesh: Mesh) -> None:
+    method(mesh.channel, "Hello")(b"counted", timeout=10)
+    assert mesh.caller.admin_port is not None
+    _, _, body = http_get(f"http://127.0.0.1:{mesh.caller.admin_port}/metrics")
+    text = body.decode()
+    ok = (
+        'mesh_grpc_responses_total{service="caller",direction="outbound",'
+        'upstream="greeter",grpc_code="OK"}'
+    )
+    assert any(line.startswith(ok) for line in text.splitlines()), text[-2000:]
+    assert 'grpc_code="UNAVAILABLE"' in text
