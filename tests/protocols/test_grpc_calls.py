@@ -24,6 +24,7 @@ import pytest
 from tests.support.certs import Pki
 from tests.support.processes import MeshProcess, Sidecars, free_port, http_get, write_yaml
 
+pytest.importorskip("mesh.http2", reason="needs the HTTP/2 transport")
 pytestmark = pytest.mark.timeout(60)
 
 SERVICE = "mesh.test.Greeter"
