@@ -191,6 +191,10 @@ class Retry:
             return await body.read_all(limit) if length <= limit else None
         # Chunked: only when it has all arrived already; waiting for more could mean holding
         # a body that then turns out too large to replay, and too late to stream.
+        if not body.at_eof and request.version == b"2":
+            # HTTP/2 DATA follows the HEADERS that started this request, often in the same
+            # read (a unary gRPC call): let that read finish before judging.
+            await self._sleep(0)
         if body.at_eof and body.received <= limit:
             return body.take_all()
         return None

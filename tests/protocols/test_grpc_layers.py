@@ -180,3 +180,27 @@ def test_metrics_count_calls_by_grpc_status(loop: asyncio.AbstractEventLoop) -> 
     assert stats.grpc == {"OK": 1, "UNAVAILABLE": 2, "UNKNOWN": 1}
     run(layer.handle(make_request()))
     assert sum(stats.grpc.values()) == 4, "HTTP/1.1 requests are not counted"
+
+
+def test_an_http2_body_ending_in_the_same_read_is_replayed() -> None:
+    """The stack starts on the HEADERS frame; the DATA of a unary call is processed after."""
+    request = grpc_request()
+    body = request.body = Body()
+    request.content_length = None
+    inner = Scripted([trailers_only(14), trailers_only(0)])
+    clock = ManualClock()
+
+    async def rest_of_the_read(seconds: float) -> None:
+        if not body.at_eof:
+            body.feed(b"\x00\x00\x00\x00\x01x")
+            body.finish()
+
+    layer = Retry(
+        inner,
+        RetryPolicy(),
+        RetryBudget(BudgetPolicy(), clock),
+        clock=clock,
+        sleep=rest_of_the_read,
+    )
+    run(layer.handle(request))
+    assert [seen.body for seen in inner.seen] == [b"\x00\x00\x00\x00\x01x"] * 2
