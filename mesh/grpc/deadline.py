@@ -17,3 +17,10 @@ def bound_by_grpc_timeout(request: Request, now: float) -> None:
     if request.deadline is None or deadline < request.deadline:
         request.deadline = deadline
     timeout.replace(request.headers, timeout.format_seconds(request.deadline - now))
+
+
+def restamp(request: Request, seconds_left: float) -> None:
+    """A retry's attempt: its `grpc-timeout`, when the call has one, says what is left of the
+    attempt's own deadline (per-try timeouts included), not what the first attempt had."""
+    if timeout.find(request.headers) is not None:
+        timeout.replace(request.headers, timeout.format_seconds(seconds_left))

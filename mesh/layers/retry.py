@@ -28,6 +28,7 @@ from typing import Any
 from tenacity import RetryCallState
 
 from mesh.errors import MeshError, RetryBudgetExhausted
+from mesh.grpc.deadline import restamp
 from mesh.grpc.outcome import retry_candidate
 from mesh.http1.body import Body
 from mesh.http1.message import Request, Response
@@ -123,6 +124,8 @@ class Retry:
                     None if try_deadline is None else int((try_deadline - started) * 1000),
                     caller is None and attempt == 1,
                 )
+                if try_deadline is not None and request.version == b"2":
+                    restamp(request, try_deadline - clock())
                 if replay is not None:
                     request.body = Body.complete(replay)
                 request.attempts = attempt

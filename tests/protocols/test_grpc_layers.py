@@ -204,3 +204,36 @@ def test_an_http2_body_ending_in_the_same_read_is_replayed() -> None:
     )
     run(layer.handle(request))
     assert [seen.body for seen in inner.seen] == [b"\x00\x00\x00\x00\x01x"] * 2
+
+
+def test_each_attempt_forwards_the_time_left_of_its_own_deadline() -> None:
+    clock = ManualClock()
+
+    def slow_refusal(request: Request) -> Response:
+        clock.advance(0.3)
+        return trailers_only(14)
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    inner = Scripted([slow_refusal, trailers_only(0)])
+    request = grpc_request((b"grpc-timeout", b"2S"))
+    request.deadline = clock.now + 2.0
+    layer = Retry(
+        inner, RetryPolicy(), RetryBudget(BudgetPolicy(), clock), clock=clock, sleep=sleep
+    )
+    run(layer.handle(request))
+    first, second = (parse(dict(seen.headers)[b"grpc-timeout"]) for seen in inner.seen)
+    assert first == pytest.approx(2.0)
+    assert 1.6 < second <= 1.7
+    per_try = Retry(
+        Scripted([trailers_only(0)]),
+        RetryPolicy(per_try_timeout=0.5),
+        RetryBudget(BudgetPolicy(), clock),
+        clock=clock,
+        sleep=sleep,
+    )
+    request = grpc_request((b"grpc-timeout", b"2S"))
+    request.deadline = clock.now + 2.0
+    run(per_try.handle(request))
+    assert parse(dict(request.headers)[b"grpc-timeout"]) == pytest.approx(0.5)
