@@ -16,13 +16,22 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from mesh.tracing.spanfile import read_spans
 from tests.support.certs import Pki
-from tests.support.processes import MeshProcess, Sidecars, free_port, http_get, write_yaml
+from tests.support.processes import (
+    MeshProcess,
+    Sidecars,
+    free_port,
+    http_get,
+    wait_until,
+    write_yaml,
+)
 
 pytest.importorskip("mesh.http2", reason="needs the HTTP/2 transport")
 pytestmark = pytest.mark.timeout(60)
@@ -88,6 +97,7 @@ class Mesh:
     empty: grpc.Channel
     denied: grpc.Channel
     caller: MeshProcess
+    spans: Path
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +130,14 @@ def mesh(pki: Pki, sidecars: Sidecars) -> Iterator[Mesh]:
     )
     ports = {name: free_port() for name in ("greeter", "locked", "nobody")}
     caller_config = {
+        "tracing": {
+            "span_file": str(sidecars.log_dir / "caller-spans.jsonl"),
+            "sampler": "always_on",
+            "export_interval": 0.05,
+        },
         "upstreams": [
             {"name": name, "local_port": port, "protocol": "grpc"} for name, port in ports.items()
-        ]
+        ],
     }
     caller = sidecars.start(
         "--service", "caller", "--catalog", str(catalog),
@@ -211,3 +226,36 @@ def test_metrics_count_calls_by_grpc_status(mesh: Mesh) -> None:
     )
     assert any(line.startswith(ok) for line in text.splitlines()), text[-2000:]
     assert 'grpc_code="UNAVAILABLE"' in text
+
+
+def test_spans_carry_the_grpc_status_of_each_attempt(mesh: Mesh) -> None:
+    method(mesh.channel, "Flaky")(b"traced", timeout=10)
+
+    def flaky_spans() -> list[dict[str, Any]]:
+        if not mesh.spans.exists():
+            return []
+        return [
+            span
+            for span in read_spans([mesh.spans])
+            if str(
+                span["attributes"].get("url.full", span["attributes"].get("url.path", ""))
+            ).endswith("/Flaky")
+        ]
+
+    def complete() -> bool:
+        kinds = [span["kind"] for span in flaky_spans()]
+        return kinds.count("client") >= 2 and kinds.count("server") >= 1
+
+    wait_until(complete, 10, "the spans of a retried call")
+    spans = flaky_spans()
+    clients = [s["attributes"] for s in spans if s["kind"] == "client"]
+    assert {a["rpc.system"] for a in clients} == {"grpc"}
+    assert {
+        (a["rpc.grpc.status_code"], a.get("http.request.resend_count", 0)) for a in clients
+    } >= {
+        (14, 0),
+        (0, 1),
+    }
+    server = [s for s in spans if s["kind"] == "server"][-1]
+    assert server["attributes"]["rpc.grpc.status_code"] == 0
+    assert server["status"] == "ok"
