@@ -65,10 +65,15 @@ def head_status(response: Response) -> int | None:
 
 
 def trailer_status(body: Body | None) -> int:
-    """The status from a finished body's trailers. A body that broke, or ended without a
-    `grpc-status`, is UNKNOWN: the server never said how the call went."""
-    if body is None or body.failed:
+    """The status from a finished body's trailers. A body its reader gave up on (the client
+    cancelled) is CANCELLED; one that broke, or ended without a `grpc-status`, is UNKNOWN:
+    the server never said how the call went."""
+    if body is None:
         return StatusCode.UNKNOWN
+    if body.failed:
+        # `Body.abandon` fails the body with ConnectionAbortedError; a producer, with its own.
+        abandoned = isinstance(getattr(body, "_error", None), ConnectionAbortedError)
+        return StatusCode.CANCELLED if abandoned else StatusCode.UNKNOWN
     trailers: Headers | None = getattr(body, "trailers", None)
     found = status_in(trailers) if trailers else None
     return StatusCode.UNKNOWN if found is None else found

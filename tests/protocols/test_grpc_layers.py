@@ -140,6 +140,15 @@ def test_a_streamed_call_is_judged_when_its_body_ends() -> None:
     assert b.first_state() == "open"
 
 
+def test_a_call_its_client_cancelled_says_nothing_about_the_endpoint() -> None:
+    b = Breakers()
+    answers = [b.send(streamed()) for _ in range(5)]
+    for answer in answers:
+        assert answer.body is not None
+        answer.body.abandon()
+    assert b.first_state() == "closed"
+
+
 def test_grpc_timeout_shortens_the_deadline_and_is_forwarded_smaller(
     loop: asyncio.AbstractEventLoop,
 ) -> None:

@@ -146,4 +146,7 @@ def test_status_comes_from_the_head_or_the_trailers() -> None:
     broken = Body()
     broken.fail(ConnectionResetError())
     assert wire.trailer_status(broken) == StatusCode.UNKNOWN
+    cancelled = Body()
+    cancelled.abandon()
+    assert wire.trailer_status(cancelled) == StatusCode.CANCELLED
     assert wire.parse_status(b"junk") == StatusCode.UNKNOWN
