@@ -94,8 +94,9 @@ class UpstreamConfig(_Model):
     local_port: Port = Field(ge=1, le=65535)
     local_address: str = "127.0.0.1"
     #: "tcp": the local port tunnels bytes to the service (no HTTP parsing). Unset: HTTP,
-    #: unless Consul says the service is TCP (its Meta protocol=tcp).
-    protocol: Literal["http", "tcp"] | None = None
+    #: unless Consul says the service is TCP (its Meta protocol=tcp). "http2"/"grpc": the
+    #: sidecars speak HTTP/2 to each other for it (mTLS with ALPN h2), as its Meta may say too.
+    protocol: Literal["http", "tcp", "http2", "grpc"] | None = None
 
 
 class TunnelConfig(_Model):
@@ -255,7 +256,8 @@ class SidecarConfig(_Model):
     #: What protects the local app: a bulkhead, and optional fault injection.
     inbound: InboundPolicies = InboundPolicies()
     #: "tcp": the app speaks raw TCP; the inbound listener tunnels bytes to it.
-    app_protocol: Literal["http", "tcp"] = "http"
+    #: "http2"/"grpc": the app speaks HTTP/2 without TLS (h2c, prior knowledge).
+    app_protocol: Literal["http", "tcp", "http2", "grpc"] = "http"
     tunnel: TunnelConfig = TunnelConfig()
     tracing: TracingConfig = TracingConfig()
     access_log_fields: AccessLogFieldsConfig = AccessLogFieldsConfig()
@@ -349,7 +351,8 @@ def read_file(path: Path) -> dict[str, Any]:
 def parse_upstream_flag(text: str) -> dict[str, Any]:
     name, sep, port = text.partition("=")
     port, _, protocol = port.partition("/")  # NAME=PORT/tcp declares a TCP upstream
-    if not sep or not name or not port.isdigit() or protocol not in ("", "http", "tcp"):
+    known = ("", "http", "tcp", "http2", "grpc")
+    if not sep or not name or not port.isdigit() or protocol not in known:
         raise ConfigError(f"--upstream {text!r}: expected NAME=LOCALPORT")
     flag: dict[str, Any] = {"name": name, "local_port": int(port)}
     if protocol:

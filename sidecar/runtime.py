@@ -44,7 +44,7 @@ from mesh.stack import Handler
 from mesh.tcp.dispatch import EitherTracker, ServiceProtocol, either
 from mesh.tcp.listener import InboundTcp, OutboundTcp, TcpConnection, TcpLog, TcpTracker
 from mesh.tunnel import pipe
-from sidecar import stacks
+from sidecar import h2_wiring, stacks
 from sidecar.admin import Admin, json_response
 from sidecar.admin_control import MetricsOnly
 from sidecar.config import SidecarConfig
@@ -199,6 +199,10 @@ class Sidecar:
 
     def _outbound_cluster_stack(self, cluster: Cluster) -> ObservedUpstream:
         upstream = stacks.upstream_stack(self.config, cluster, self._policy_book)
+        declared = {u.name: u.protocol for u in self.config.upstreams}
+        if declared.get(cluster.name) in h2_wiring.HTTP2_PROTOCOLS:
+            h2_tls = self.tls.client_context_h2 if self.tls is not None else None
+            upstream.adapt_pool = lambda pool: h2_wiring.speak_h2(pool, h2_tls)
         return self.metrics.observe_upstream(upstream, cluster.name)
 
     async def _listen(
@@ -315,7 +319,10 @@ class Sidecar:
         if self._tls_source is not None:
             self.tls = await self._tls_source.load()
         pipe.configure(config.tunnel.idle_timeout)
-        outbound_pools = self._pool_factory(config.outbound_timeouts.connect, mesh=True)
+        outbound_pools = h2_wiring.by_meta(
+            self._pool_factory(config.outbound_timeouts.connect, mesh=True),
+            self.tls.client_context_h2 if self.tls is not None else None,
+        )
         services = self.services = Services(
             self.resolver, outbound_pools, self.is_self, self._outbound_cluster_stack, self._spawn
         )
@@ -330,6 +337,8 @@ class Sidecar:
             # Reserve the listener ports first so loop detection knows them from the start.
             if config.listen is not None and config.app_port is not None:
                 app_pools = self._pool_factory(config.inbound_timeouts.connect)
+                if config.app_protocol in h2_wiring.HTTP2_PROTOCOLS:
+                    app_pools = h2_wiring.always(app_pools)
                 app = Cluster(config.service, app_pools, lambda e: False)
                 local_app = Endpoint(config.app_host, config.app_port)
                 app.update(EndpointSet(config.service, (local_app,)))

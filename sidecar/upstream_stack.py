@@ -68,6 +68,8 @@ class UpstreamStack:
         self.fault: FaultInjection | None = None
         #: What listeners and routes hold; only its `inner` and `timeout` ever change.
         self.handler = Deadline(Connect(), self.policies.timeouts.request)
+        #: Applied to each new endpoint's pool (HTTP/2 for a service declared so).
+        self.adapt_pool: Callable[[EndpointPool], EndpointPool] | None = None
         self._build(self.policies)
 
     def _detector(self, policies: UpstreamPolicies) -> OutlierDetector[EndpointState]:
@@ -120,7 +122,7 @@ class UpstreamStack:
         """A new endpoint's pool: it counts against this upstream's connection cap."""
         pool.connection_gauge = self.connections
         pool.connect_timeout = self.policies.timeouts.connect
-        return pool
+        return pool if self.adapt_pool is None else self.adapt_pool(pool)
 
     def refresh(self) -> None:
         """After a discovery answer: apply the upstream's `mesh-policy` Meta if it changed."""

@@ -38,6 +38,7 @@ class Body:
         "high_water",
         "on_end",
         "received",
+        "trailers",
     )
 
     def __init__(self, producer: Producer | None = None, high_water: int = HIGH_WATER) -> None:
@@ -54,6 +55,9 @@ class Body:
         #: Called once when the body has ended: complete, failed or abandoned (a bulkhead
         #: holds its slot until the upstream has sent the whole answer).
         self.on_end: Callable[[], None] | None = None
+        #: Trailer fields (lower-case names) that followed the body, set by the producer
+        #: before the end is signalled (HTTP/2 carries them; gRPC's status lives there).
+        self.trailers: list[tuple[bytes, bytes]] | None = None
 
     @classmethod
     def complete(cls, data: bytes) -> Body:

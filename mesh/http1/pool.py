@@ -57,6 +57,8 @@ class EndpointPool:
         self.closed = False
         #: The upstream's connection cap, shared by the pools of all its endpoints.
         self.connection_gauge: ResourceGauge | None = None
+        #: An `mesh.http2.pool.H2Pool` when this endpoint is spoken to over HTTP/2.
+        self.h2: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -65,7 +67,7 @@ class EndpointPool:
         )
 
     def statistics(self) -> dict[str, Any]:
-        return {
+        stats: dict[str, Any] = {
             "idle": len(self._idle),
             "busy": len(self._all) - len(self._idle),
             "connecting": self.connecting,
@@ -75,6 +77,9 @@ class EndpointPool:
             "tls_failures": self.tls_failures,
             "identity_mismatches": self.identity_mismatches,
         }
+        if self.h2 is not None:
+            stats["http2"] = self.h2.statistics()
+        return stats
 
     def take_idle(self) -> UpstreamConnection | None:
         """A pooled connection ready for one exchange, or None (then `connect()`)."""
@@ -212,6 +217,8 @@ class EndpointPool:
     def close(self) -> None:
         """Stop pooling: idle connections close now, busy ones when their exchange ends."""
         self.closed = True
+        if self.h2 is not None:
+            self.h2.close()
         for conn in self._idle:
             conn.abort()
         self._idle.clear()

@@ -13,7 +13,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -70,6 +70,8 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _TUNNEL_NEXT = BadRequest("bytes after a WebSocket handshake belong to its tunnel")
 
 IDLE, HEAD, BODY = 0, 1, 2
+#: HTTP/2's connection preface (RFC 9113 §3.4): a client speaking h2c with prior knowledge.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class _Stop(Exception):
@@ -180,6 +182,11 @@ class ServerConnection:
         self._parsing_body: Body | None = None
         self._body_progress = 0.0
         self._valid_host = b""
+        #: No byte read yet: the first ones may be HTTP/2's preface.
+        self._fresh = True
+        #: The HTTP/2 protocol (mesh.http2.server) this connection handed its transport to;
+        #: the tracker still holds this object, which passes its calls on.
+        self.h2: Any = None
         self._reset_head()
 
     # -- connection lifecycle -----------------------------------------------------------------
@@ -203,6 +210,11 @@ class ServerConnection:
         if not self.tracker.add(self):
             self.closed = True
             self.transport.abort()
+            return
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            from mesh.http2.server import take_over
+
+            take_over(self, b"")
             return
         self._phase_since = self.now()
         Inline.start(self._serve(), self._serve_done)
@@ -250,6 +262,9 @@ class ServerConnection:
             waiter.set_result(None)
 
     def drain(self) -> None:
+        if self.h2 is not None:
+            self.h2.drain()
+            return
         if not self.busy and not self._queue and self._phase == IDLE:
             self.close()
         # A busy connection sees tracker.draining when its response head is written.
@@ -260,6 +275,9 @@ class ServerConnection:
             self.transport.close()
 
     def abort(self, why: str) -> None:
+        if self.h2 is not None:
+            self.h2.abort(why)
+            return
         if self.transport is not None and not self.transport.is_closing():
             log.info("aborting connection from %s: %s", self.peer, why)
             self.transport.abort()
@@ -267,6 +285,9 @@ class ServerConnection:
 
     def check_timeouts(self, now: float) -> None:
         """Called by the tracker's sweep: slowloris, slow bodies, idle and unread responses."""
+        if self.h2 is not None:
+            self.h2.check_timeouts(now)
+            return
         limits = self.limits
         elapsed = now - self._phase_since
         if self._phase == HEAD and elapsed > limits.header_timeout:
@@ -288,6 +309,13 @@ class ServerConnection:
     def data_received(self, data: bytes) -> None:
         if self._stop_error is not None:
             return  # after a parse error nothing more is read
+        if self._fresh:
+            self._fresh = False
+            if data[:3] == b"PRI" and data[:24] == _H2_PREFACE[: len(data)]:
+                from mesh.http2.server import take_over
+
+                take_over(self, data)
+                return
         if self._phase != BODY:
             self._head_bytes += len(data)
         else:

@@ -48,12 +48,18 @@ def _harden(ctx: ssl.SSLContext, cert: Path, key: Path, roots: Path) -> ssl.SSLC
 def server_context(cert: Path, key: Path, roots: Path) -> ssl.SSLContext:
     ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, roots)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # A caller offering h2 gets it (mesh/http2); one offering nothing gets HTTP/1.1.
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
 
 
-def client_context(cert: Path, key: Path, roots: Path) -> ssl.SSLContext:
+def client_context(
+    cert: Path, key: Path, roots: Path, alpn: list[str] | None = None
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # peers are named by SPIFFE ID, checked after the handshake
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     return _harden(ctx, cert, key, roots)
 
 
@@ -67,6 +73,8 @@ class Material:
     serial: int
     not_after: dt.datetime
     not_before: dt.datetime
+    #: The client context offering ALPN h2, for upstreams spoken to over HTTP/2.
+    client_h2: ssl.SSLContext | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ def _leaf_facts(cert_pem: bytes, origin: str) -> tuple[str, x509.Certificate]:
     return identity, leaf
 
 
-def _contexts(pems: Pems) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def _contexts(pems: Pems) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
     """Server and client contexts; ssl loads a key only from a file, so the PEMs go through
     a private temporary directory that is removed at once."""
     with tempfile.TemporaryDirectory(prefix="mesh-tls-") as tmp:
@@ -113,7 +121,12 @@ def _contexts(pems: Pems) -> tuple[ssl.SSLContext, ssl.SSLContext]:
                 out.write(data)
             paths.append(path)
         try:
-            return server_context(*paths), client_context(*paths)
+            cert, key, roots = paths
+            return (
+                server_context(cert, key, roots),
+                client_context(cert, key, roots),
+                client_context(cert, key, roots, alpn=["h2"]),
+            )
         except TlsConfigError as exc:
             # Name the real origin, not the temporary files.
             where = f"{paths[0]}, {paths[1]} or {paths[2]}"
@@ -122,10 +135,10 @@ def _contexts(pems: Pems) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 def material_from(pems: Pems) -> Material:
     identity, leaf = _leaf_facts(pems.cert, pems.origin)
-    server, client = _contexts(pems)
+    server, client, client_h2 = _contexts(pems)
     return Material(
         server, client, identity, leaf.serial_number, leaf.not_valid_after_utc,
-        leaf.not_valid_before_utc,
+        leaf.not_valid_before_utc, client_h2,
     )  # fmt: skip
 
 
@@ -141,7 +154,7 @@ class RotatingTls:
         self.reloads = 0
         self.last_error = ""
         self.current = material_from(first)
-        self._listening, _ = _contexts(first)
+        self._listening, _, _ = _contexts(first)
         self._listening.sni_callback = self._pick_context
 
     def _pick_context(self, ssl_object: ssl.SSLObject, name: str | None, _: Any) -> None:
@@ -158,6 +171,11 @@ class RotatingTls:
 
     def client_context(self) -> ssl.SSLContext:
         return self.current.client
+
+    def client_context_h2(self) -> ssl.SSLContext:
+        context = self.current.client_h2
+        assert context is not None
+        return context
 
     def install(self, pems: Pems) -> bool:
         """Use new PEMs for new handshakes; keep the old material if the new is bad."""

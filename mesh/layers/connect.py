@@ -15,6 +15,9 @@ class Connect:
             return await websocket.exchange(request)  # a connection of its own, never pooled
         state: EndpointState = request.endpoint
         pool = state.pool
+        if pool.h2 is not None:
+            response: Response = await pool.h2.exchange(request)  # streams on shared conns
+            return response
         head = request_head(request)
         conn = pool.take_idle()
         if conn is None:

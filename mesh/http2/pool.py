@@ -1,0 +1,131 @@
+"""HTTP/2 connections to one endpoint: few connections, many streams each.
+
+Attached to the endpoint's `EndpointPool` as `pool.h2` (the Connect layer then sends every
+request of that endpoint here); connecting, TLS, the peer's identity and the connection cap
+are the `EndpointPool`'s. A connection that got GOAWAY or died is never given a new stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mesh.errors import (
+    ConnectionLimit,
+    UpstreamConnectFailed,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from mesh.http1.message import Request, Response
+from mesh.http1.pool import EndpointPool
+from mesh.http2.client import H2Client
+from mesh.http2.errors import StreamRefused
+from mesh.inline import Waiter
+
+
+class H2Pool:
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.connections: list[H2Client] = []
+        self._connecting: list[Waiter[H2Client]] | None = None
+        self.opened = 0
+        self.refused_retried = 0
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "connections": len(self.connections),
+            "streams": sum(len(c.flows) for c in self.connections),
+            "opened": self.opened,
+            "refused_retried": self.refused_retried,
+        }
+
+    def _usable(self) -> H2Client | None:
+        for conn in self.connections:
+            if conn.can_take():
+                return conn
+        return None
+
+    async def exchange(self, request: Request) -> Response:
+        conn = self._usable() or await self._connect(request.deadline)
+        try:
+            return await conn.exchange(request)
+        except StreamRefused:
+            # Nothing was processed: a bodiless request goes once more on a fresh connection.
+            if request.body is not None:
+                raise
+        self.refused_retried += 1
+        conn = self._usable() or await self._connect(request.deadline)
+        return await conn.exchange(request)
+
+    async def _connect(self, deadline: float | None) -> H2Client:
+        """A new connection; requests arriving while one is being opened wait for it."""
+        if self._connecting is not None:
+            waiter: Waiter[H2Client] = Waiter()
+            self._connecting.append(waiter)
+            return await waiter
+        self._connecting = []
+        try:
+            conn = await self._open(deadline)
+        except BaseException as exc:
+            waiters, self._connecting = self._connecting, None
+            for w in waiters:
+                w.set_exception(exc)
+            raise
+        waiters, self._connecting = self._connecting, None
+        for w in waiters:
+            w.set_result(conn)
+        return conn
+
+    async def _open(self, deadline: float | None) -> H2Client:
+        pool = self.pool
+        gauge = pool.connection_gauge
+        if gauge is not None and not gauge.try_acquire():
+            raise ConnectionLimit(f"{gauge.limit} connections open to this upstream")
+        within = pool.connect_timeout
+        cut_by_deadline = False
+        if deadline is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left < within:
+                within, cut_by_deadline = max(left, 0.0), True
+        scheme = b"https" if pool.tls is not None else b"http"
+        try:
+            conn: H2Client = await pool.open(
+                lambda: H2Client(pool.label, scheme, self._lost), within
+            )
+        except UpstreamConnectFailed as exc:
+            if gauge is not None:
+                gauge.release()
+            if cut_by_deadline and exc.timed_out:
+                raise UpstreamTimeout(f"deadline passed while connecting to {pool.label}") from None
+            raise
+        except BaseException:
+            if gauge is not None:
+                gauge.release()
+            raise
+        conn.gauge = gauge
+        transport = conn.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            conn.abort("no ALPN h2")
+            raise UpstreamProtocolError(f"{pool.label} did not agree to HTTP/2 (ALPN)")
+        if conn.closed:
+            raise UpstreamConnectFailed(f"connection to {pool.label} closed at once")
+        self.connections.append(conn)
+        self.opened += 1
+        if pool.closed:
+            conn.close()
+        return conn
+
+    def _lost(self, conn: H2Client) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+        gauge, conn.gauge = conn.gauge, None
+        if gauge is not None:
+            gauge.release()
+
+    def close(self) -> None:
+        """The endpoint left: connections close once their streams are done."""
+        for conn in list(self.connections):
+            conn.going_away = True
+            if not conn.flows:
+                conn.close()
