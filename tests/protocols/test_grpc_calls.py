@@ -24,6 +24,7 @@ import pytest
 
 from mesh.tracing.spanfile import read_spans
 from tests.support.certs import Pki
+from tests.support.h2peer import H2Peer
 from tests.support.processes import (
     MeshProcess,
     Sidecars,
@@ -43,8 +44,9 @@ class Greeter:
     """Raw-bytes methods (no generated code), counting the calls that reach it."""
 
     def __init__(self) -> None:
-        self.release = threading.Event()
         self.lock = threading.Lock()
+        #: Seconds each Slow call had left when it arrived (its grpc-timeout).
+        self.time_given: list[float | None] = []
         self.flaky_calls = 0
 
     def hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -72,7 +74,11 @@ class Greeter:
         return b"ready"
 
     def slow(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        self.release.wait(10)  # released by the test once the client gave up
+        """Answers only once the call is over (cancelled, or past its deadline)."""
+        self.time_given.append(context.time_remaining())
+        over = threading.Event()
+        context.add_callback(over.set)
+        over.wait(10)
         return request
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -93,6 +99,8 @@ class Greeter:
 class Mesh:
     greeter: Greeter
     channel: grpc.Channel
+    #: The caller sidecar's port for greeter.
+    port: int
     #: A port whose upstream has no endpoints, and one whose service refuses the caller.
     empty: grpc.Channel
     denied: grpc.Channel
@@ -149,10 +157,15 @@ def mesh(pki: Pki, sidecars: Sidecars) -> Iterator[Mesh]:
     try:
         spans = sidecars.log_dir / "caller-spans.jsonl"
         yield Mesh(
-            greeter, channels["greeter"], channels["nobody"], channels["locked"], caller, spans
+            greeter,
+            channels["greeter"],
+            ports["greeter"],
+            channels["nobody"],
+            channels["locked"],
+            caller,
+            spans,
         )
     finally:
-        greeter.release.set()
         for chan in channels.values():
             chan.close()
         server.stop(grace=None)
@@ -201,7 +214,47 @@ def test_grpc_timeout_bounds_the_call(mesh: Mesh) -> None:
         method(mesh.channel, "Slow")(b"x", timeout=0.5)
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 2.0
-    mesh.greeter.release.set()
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+GRPC_HEADERS = [("content-type", "application/grpc"), ("te", "trailers")]
+
+
+def test_the_sidecar_ends_a_call_at_its_grpc_timeout(mesh: Mesh) -> None:
+    """A raw HTTP/2 client that never gives up: the caller's sidecar answers for it."""
+    started = time.monotonic()
+    with H2Peer(mesh.port) as peer:
+        answer = peer.request(
+            "POST",
+            f"/{SERVICE}/Slow",
+            [*GRPC_HEADERS, ("grpc-timeout", "300m")],
+            body=grpc_frame(b"x"),
+        )
+    elapsed = time.monotonic() - started
+    assert answer.status == 200
+    status = {**answer.headers, **answer.trailers}
+    assert status["grpc-status"] == "4", status  # DEADLINE_EXCEEDED
+    # The app, told the time left, may give up a moment before the sidecars do.
+    assert status.get("x-mesh-error", "upstream-timeout") == "upstream-timeout"
+    assert 0.25 < elapsed < 1.5
+    given = mesh.greeter.time_given[-1]
+    assert given is not None and given <= 0.3, "the app was told the time left, not more"
+
+
+def test_a_malformed_grpc_timeout_is_internal(mesh: Mesh) -> None:
+    with H2Peer(mesh.port) as peer:
+        answer = peer.request(
+            "POST",
+            f"/{SERVICE}/Hello",
+            [*GRPC_HEADERS, ("grpc-timeout", "soon")],
+            body=grpc_frame(b"x"),
+        )
+    assert answer.status == 200
+    assert answer.headers["grpc-status"] == "13"  # INTERNAL
+    assert answer.headers["x-mesh-error"] == "bad-request"
 
 
 def test_no_endpoints_is_unavailable_with_the_mesh_reason(mesh: Mesh) -> None:
