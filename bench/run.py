@@ -11,6 +11,9 @@ Every contender is a chain ``wrk -> hop A -> hop B -> app`` on 127.0.0.1:
 * ``mesh``           our outbound sidecar (A) and inbound sidecar (B).
 * ``mesh-layers10``  the same with ten no-op layers in each sidecar.
 * ``mesh-mtls``      our pair with mTLS, once the CLI has ``--tls-cert``.
+* ``nginx-h2``       h2load (HTTP/2, h2c) to nginx A (``listen ... http2``), HTTP/1.1 on.
+* ``mesh-h2``        h2load (h2c) to our pair, HTTP/2 between the sidecars (upstream
+                     declared ``http2``), HTTP/1.1 to the app.
 
 The app is one nginx process answering ``hello world``. wrk runs pinned on one CPU, the
 app and every hop on another; contenders are interleaved round by round and the median
@@ -18,7 +21,9 @@ over rounds is reported. See bench/README.md for how to read the table.
 
 Run: ``.venv/bin/python bench/run.py [--rounds N] [--duration S] [--connections 32,64]
 [--only name,...] [--json out.json]``. Exit status: 0, or 1 when a bar check FAILs,
-2 when the set-up cannot run at all, 130 when interrupted.
+2 when the set-up cannot run at all, 130 when interrupted. The -h2 rows load with h2load
+(nghttp2-client), 10 concurrent streams per connection; its per-request log gives the
+percentiles.
 """
 
 from __future__ import annotations
@@ -58,8 +63,8 @@ DEFAULT_MESH = REPO_DIR / ".venv" / "bin" / "mesh"
 LOOPBACK = "127.0.0.1"
 APP_BODY = b"hello world\n"
 TRUST_DOMAIN = "bench.local"
-APT_PACKAGES = ("wrk", "nginx-light", "haproxy")
-REQUIRED_TOOLS = ("wrk", "nginx", "haproxy", "taskset")
+APT_PACKAGES = ("wrk", "nginx-light", "haproxy", "nghttp2-client")
+REQUIRED_TOOLS = ("wrk", "nginx", "haproxy", "taskset", "h2load")
 
 CONTENDERS = (
     "direct",
@@ -70,9 +75,18 @@ CONTENDERS = (
     "mesh",
     "mesh-layers10",
     "mesh-mtls",
+    "nginx-h2",
+    "mesh-h2",
 )
 # Each contender is compared with the nginx row of its own kind.
-BASELINE = {name: ("nginx-mtls" if name.endswith("-mtls") else "nginx") for name in CONTENDERS}
+BASELINE = {
+    name: (
+        "nginx-mtls" if name.endswith("-mtls") else "nginx-h2" if name.endswith("-h2") else "nginx"
+    )
+    for name in CONTENDERS
+}
+#: Concurrent streams per connection for the HTTP/2 rows (h2load -m).
+H2_STREAMS = 10
 # The bar: (contender, baseline, min throughput ratio, max p99 ratio).
 BARS = (("mesh", "nginx", 0.5, 2.0), ("mesh-mtls", "nginx-mtls", 0.5, 2.0))
 
@@ -400,8 +414,22 @@ def wait_ready(admin_port: int, proc: Tracked, timeout: float) -> None:
     wait_until(f"GET http://{LOOPBACK}:{admin_port}/ready to answer 200", ready, [proc], timeout)
 
 
-def wait_serving(port: int, procs: Sequence[Tracked], timeout: float) -> None:
+def h2_serving(port: int) -> bool:
+    """One HTTP/2 (h2c) request succeeds: the readiness check of an h2c-only listener."""
+    try:
+        done = subprocess.run(
+            ["h2load", "-n", "1", "-c", "1", f"http://{LOOPBACK}:{port}/"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return ", 1 succeeded," in done.stdout
+
+
+def wait_serving(port: int, procs: Sequence[Tracked], timeout: float, h2: bool = False) -> None:
     def serving() -> bool:
+        if h2:
+            return h2_serving(port)
         status, body = http_get(port, "/", timeout=2.0)
         if status == 200 and body == APP_BODY:
             return True
@@ -623,8 +651,10 @@ def nginx_proxy(
     serve_tls: Identity | None = None,
     upstream_tls: Identity | None = None,
     ca: Path | None = None,
+    h2: bool = False,
 ) -> str:
-    """One nginx hop: plain or mTLS listener, keepalive pool to the next hop (plain or mTLS)."""
+    """One nginx hop: plain or mTLS listener, keepalive pool to the next hop (plain or mTLS);
+    `h2`: the listener speaks h2c (prior knowledge)."""
     listen_tls = ""
     if serve_tls is not None:
         listen_tls = f"""
@@ -649,6 +679,7 @@ def nginx_proxy(
             proxy_ssl_protocols TLSv1.3;
             proxy_ssl_session_reuse on;"""
     scheme = "https" if upstream_tls is not None else "http"
+    listen_flags = (" ssl" if serve_tls is not None else "") + (" http2" if h2 else "")
     return f"""
     upstream next_hop {{
         server {LOOPBACK}:{upstream_port};
@@ -657,7 +688,7 @@ def nginx_proxy(
         keepalive_timeout 300s;
     }}
     server {{
-        listen {LOOPBACK}:{listen}{" ssl" if serve_tls is not None else ""};{listen_tls}
+        listen {LOOPBACK}:{listen}{listen_flags};{listen_tls}
         location / {{
             proxy_pass {scheme}://next_hop;
             proxy_http_version 1.1;
@@ -721,6 +752,8 @@ class Chain:
     hops: list[Tracked]
     description: str
     notes: list[str] = field(default_factory=list)
+    #: The load generator: "wrk" (HTTP/1.1) or "h2load" (HTTP/2, h2c).
+    load: str = "wrk"
 
 
 @dataclass
@@ -787,8 +820,8 @@ def start_direct(setup: Setup) -> Chain:
     return Chain("direct", setup.app_port, [], "wrk -> app (nginx)")
 
 
-def start_nginx_pair(setup: Setup, mtls: bool) -> Chain:
-    name = "nginx-mtls" if mtls else "nginx"
+def start_nginx_pair(setup: Setup, mtls: bool, h2: bool = False) -> Chain:
+    name = "nginx-h2" if h2 else "nginx-mtls" if mtls else "nginx"
     a_port, b_port = setup.ports.take(), setup.ports.take()
     certs = setup.get_certs() if mtls else None
     b = setup.start_nginx(
@@ -807,10 +840,11 @@ def start_nginx_pair(setup: Setup, mtls: bool) -> Chain:
             b_port,
             upstream_tls=certs.client if certs else None,
             ca=certs.ca if certs else None,
+            h2=h2,
         ),
     )
     try:
-        wait_serving(a_port, [a, b], setup.args.ready_timeout)
+        wait_serving(a_port, [a, b], setup.args.ready_timeout, h2=h2)
     except SetupFailed as exc:
         raise SetupFailed(f"{exc}\n{setup.error_logs(name + '-a', name + '-b')}") from exc
     link = "mTLS 1.3" if mtls else "plain"
@@ -818,7 +852,9 @@ def start_nginx_pair(setup: Setup, mtls: bool) -> Chain:
         name,
         a_port,
         [a, b],
-        f"wrk -> nginx A :{a_port} -({link})-> nginx B :{b_port} -> app :{setup.app_port}",
+        f"{'h2load' if h2 else 'wrk'} -> nginx A :{a_port} -({link})-> nginx B :{b_port} "
+        f"-> app :{setup.app_port}",
+        load="h2load" if h2 else "wrk",
     )
     if certs is not None and not rejects_client_without_cert(b_port, certs.ca):
         chain.notes.append("WARNING: hop B accepted a TLS client without a certificate")
@@ -894,7 +930,9 @@ def mesh_sidecar_help(setup: Setup) -> str:
     return setup.mesh_help
 
 
-def start_mesh_pair(setup: Setup, name: str, *, noop_layers: int, mtls: bool) -> Chain:
+def start_mesh_pair(
+    setup: Setup, name: str, *, noop_layers: int, mtls: bool, h2: bool = False
+) -> Chain:
     mesh = mesh_binary(setup)
     if mtls and "--tls-cert" not in mesh_sidecar_help(setup):
         raise Skipped("mTLS not available yet (`mesh sidecar --help` has no --tls-cert)")
@@ -928,7 +966,8 @@ def start_mesh_pair(setup: Setup, name: str, *, noop_layers: int, mtls: bool) ->
     a = setup.procs.start(
         f"{name}-a",
         [
-            *(str(mesh), "sidecar", "--service", "client", "--upstream", f"app={a_port}"),
+            *(str(mesh), "sidecar", "--service", "client"),
+            *("--upstream", f"app={a_port}/http2" if h2 else f"app={a_port}"),
             *("--catalog", str(catalog), "--admin", f"{LOOPBACK}:{a_admin}"),
             *tls_a,
         ],
@@ -939,13 +978,15 @@ def start_mesh_pair(setup: Setup, name: str, *, noop_layers: int, mtls: bool) ->
     wait_ready(b_admin, b, setup.args.ready_timeout)
     wait_ready(a_admin, a, setup.args.ready_timeout)
     wait_serving(a_port, [a, b], setup.args.ready_timeout)
-    link = "mTLS" if mtls else "plain"
+    link = ("mTLS" if mtls else "plain") + (", HTTP/2" if h2 else "")
     extra = f", {noop_layers} no-op layers each" if noop_layers else ""
     chain = Chain(
         name,
         a_port,
         [a, b],
-        f"wrk -> mesh A :{a_port} -({link})-> mesh B :{b_port} -> app :{setup.app_port}{extra}",
+        f"{'h2load' if h2 else 'wrk'} -> mesh A :{a_port} -({link})-> mesh B :{b_port} "
+        f"-> app :{setup.app_port}{extra}",
+        load="h2load" if h2 else "wrk",
     )
     if mtls and not rejects_client_without_cert(b_port, setup.get_certs().ca):
         chain.notes.append("WARNING: hop B accepted a TLS client without a certificate")
@@ -961,6 +1002,8 @@ STARTERS: dict[str, Callable[[Setup], Chain]] = {
     "mesh": lambda s: start_mesh_pair(s, "mesh", noop_layers=0, mtls=False),
     "mesh-layers10": lambda s: start_mesh_pair(s, "mesh-layers10", noop_layers=10, mtls=False),
     "mesh-mtls": lambda s: start_mesh_pair(s, "mesh-mtls", noop_layers=0, mtls=True),
+    "nginx-h2": lambda s: start_nginx_pair(s, mtls=False, h2=True),
+    "mesh-h2": lambda s: start_mesh_pair(s, "mesh-h2", noop_layers=0, mtls=False, h2=True),
 }
 
 
@@ -1054,6 +1097,71 @@ def run_wrk(setup: Setup, port: int, connections: int, seconds: int, cpu: int | 
     return log_path.read_text(errors="replace")
 
 
+def run_h2load(setup: Setup, port: int, connections: int, seconds: int, cpu: int | None) -> str:
+    """HTTP/2 load for the -h2 rows: h2c prior knowledge, `H2_STREAMS` streams each; every
+    request's latency goes to h2load.tsv (parse_h2load takes the percentiles from it)."""
+    threads = min(setup.args.threads, connections)
+    argv = ["h2load", "-t", str(threads), "-c", str(connections), "-m", str(H2_STREAMS)]
+    argv += ["-D", str(seconds), "-T", "5", "--log-file", str(setup.workdir / "h2load.tsv")]
+    argv.append(f"http://{LOOPBACK}:{port}/")
+    log_path = setup.workdir / "h2load.log"
+    log_path.write_bytes(b"")
+    proc = setup.procs.start("h2load", argv, cpu=cpu, log_path=log_path)
+    try:
+        proc.popen.wait(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        log(f"  h2load did not stop after {seconds + 30}s; killing it")
+    finally:
+        setup.procs.stop(proc, grace=2.0)
+    return log_path.read_text(errors="replace")
+
+
+def run_load(setup: Setup, chain: Chain, connections: int, seconds: int, cpu: int | None) -> str:
+    if chain.load == "h2load":
+        if shutil.which("h2load") is None:
+            raise ValueError("h2load is missing (apt-get install nghttp2-client)")
+        return run_h2load(setup, chain.port, connections, seconds, cpu)
+    return run_wrk(setup, chain.port, connections, seconds, cpu)
+
+
+def parse_h2load(output: str, latencies: Path) -> WrkResult:
+    """h2load's summary, with percentiles from its per-request log (start, status, us)."""
+    done = re.search(r"finished in ([\d.]+)(us|ms|s|m|h), ([\d.]+) req/s", output)
+    counts = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        output,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    if done is None or counts is None or codes is None:
+        raise ValueError(f"h2load output not understood:\n{output}")
+    times: list[float] = []
+    with contextlib.suppress(OSError):
+        for line in latencies.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[2].isdigit():
+                times.append(int(parts[2]) / 1000.0)
+    if not times:
+        raise ValueError(f"h2load wrote no per-request latencies:\n{output}")
+    times.sort()
+
+    def pct(p: int) -> float:
+        return times[min(len(times) - 1, len(times) * p // 100)]
+
+    _, _, finished, _, failed, errored, timeouts = map(int, counts.groups())
+    return WrkResult(
+        requests=finished,
+        seconds=_to_ms(done.group(1) + done.group(2)) / 1000.0,
+        rps=float(done.group(3)),
+        p50_ms=pct(50),
+        p75_ms=pct(75),
+        p90_ms=pct(90),
+        p99_ms=pct(99),
+        non_2xx=sum(map(int, codes.groups()[1:])),
+        socket_errors={"failed": failed, "errored": errored, "timeout": timeouts},
+    )
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -1106,11 +1214,15 @@ def measure(setup: Setup, chain: Chain, connections: int, round_no: int) -> Samp
     before_a, before_b, before_app = cpu_ticks(roots_a), cpu_ticks(roots_b), cpu_ticks(app_roots)
     before_server, before_wrk = cpu_times(server_cpu), cpu_times(wrk_cpu)
     started = time.monotonic()
-    output = run_wrk(setup, chain.port, connections, setup.args.duration, wrk_cpu)
+    output = run_load(setup, chain, connections, setup.args.duration, wrk_cpu)
     wall_ms = (time.monotonic() - started) * 1000.0
     after_server, after_wrk = cpu_times(server_cpu), cpu_times(wrk_cpu)
     after_a, after_b, after_app = cpu_ticks(roots_a), cpu_ticks(roots_b), cpu_ticks(app_roots)
-    result = parse_wrk(output)
+    result = (
+        parse_h2load(output, setup.workdir / "h2load.tsv")
+        if chain.load == "h2load"
+        else parse_wrk(output)
+    )
     hop_a = cpu_ms_between(before_a, after_a)
     hop_b = cpu_ms_between(before_b, after_b)
     return Sample(
@@ -1272,8 +1384,8 @@ def print_table(
                 log(f"{'':<14} FAILED later: {status['note'].splitlines()[0]}")
     log()
     log(
-        "Ratios: plain rows vs `nginx`, -mtls rows vs `nginx-mtls`. req/s above 1.00x and "
-        "p99/CPU below 1.00x beat nginx."
+        "Ratios: plain rows vs `nginx`, -mtls rows vs `nginx-mtls`, -h2 rows vs `nginx-h2`. "
+        "req/s above 1.00x and p99/CPU below 1.00x beat nginx."
     )
     log(
         "CPU and RSS cover hop A + hop B (all processes and threads); spread = "
@@ -1598,7 +1710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         del chains[name]
                         continue
                     if args.warmup:
-                        run_wrk(setup, live.port, conns, args.warmup, args.wrk_cpu)
+                        run_load(setup, live, conns, args.warmup, args.wrk_cpu)
                     try:
                         sample = measure(setup, live, conns, round_no)
                     except ValueError as exc:

@@ -95,7 +95,7 @@ class H2Client(H2Base):
         )
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        self.flush_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -117,13 +117,13 @@ class H2Client(H2Base):
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.warning("%s broke HTTP/2: %s", self.label, exc)
-            self.flush()
+            self.flush_now()
             self._fail_all(UpstreamProtocolError(f"{self.label} broke HTTP/2: {exc}"))
             self.abort("protocol error")
             return
         for event in events:
             self._event(event)
-        self.flush()
+        self.flush_now()
 
     def _event(self, event: Any) -> None:
         if isinstance(event, h2.events.ResponseReceived):
@@ -295,6 +295,7 @@ class H2Client(H2Base):
     # -- ending -------------------------------------------------------------------------------
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush_now()  # what was queued this turn goes out before the close
             self.closed = True
             self.going_away = True
             self.transport.close()

@@ -28,8 +28,17 @@ class H2Base:
         self._write_paused = False
         self._write_stalled_since = 0.0
         self._drain_waiter: Waiter[None] | None = None
+        self._flush_due = False
 
     def flush(self) -> None:
+        """Write what `h2` queued, soon: the frames of every stream served in this turn of
+        the loop go out in one write (a write per frame costs a system call each)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_due = False
         data = self.conn.data_to_send()
         transport = self.transport
         if data and transport is not None and not self.closed:
@@ -76,6 +85,9 @@ class H2Base:
         stream_id = flow.stream_id
         sent = 0
         while data := await body.read():
+            # Read whole and ended: this is the body's last piece (decided now, before a
+            # wait below lets more arrive).
+            final = body.at_eof and not body.trailers
             offset = 0
             while offset < len(data):
                 if self.closed or flow.reset:
@@ -92,10 +104,14 @@ class H2Base:
                     await flow.window()
                     continue
                 chunk = data[offset : offset + window]
-                conn.send_data(stream_id, chunk)
                 offset += len(chunk)
                 sent += len(chunk)
+                # The last piece of a body without trailers carries END_STREAM itself.
+                last = final and offset == len(data)
+                conn.send_data(stream_id, chunk, end_stream=last)
                 self.flush()
+                if last:
+                    return sent, True
                 if self._write_paused and not self.closed:
                     self._drain_waiter = Waiter()
                     await self._drain_waiter

@@ -20,6 +20,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from mesh.errors import BadRequest, MeshError, RequestTimeout
 from mesh.http1.body import Body
@@ -85,6 +86,8 @@ class H2Server(H2Base):
         self.going_away = False
         self._opened_at = 0.0
         self._last_activity = 0.0
+        #: The last stream looked at: GOAWAY names it, not whatever else one read held.
+        self._last_stream = 0
 
     def start(self, transport: asyncio.Transport, data: bytes) -> None:
         self.transport = transport
@@ -100,7 +103,7 @@ class H2Server(H2Base):
         )
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        self.flush_now()
         if data:
             self.data_received(data)
 
@@ -127,7 +130,7 @@ class H2Server(H2Base):
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
-            self.flush()
+            self.flush_now()
             self.close()
             return
         now = self.loop.time()
@@ -136,7 +139,7 @@ class H2Server(H2Base):
             if self.closed:
                 return
             self._event(event, now)
-        self.flush()
+        self.flush_now()
 
     def _event(self, event: Any, now: float) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -188,6 +191,7 @@ class H2Server(H2Base):
         self, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool, now: float
     ) -> None:
         self.guard.streams += 1
+        self._last_stream = stream_id
         if self.going_away or self.tracker.draining:
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
@@ -346,8 +350,14 @@ class H2Server(H2Base):
         if self.closed or self.going_away:
             return
         self.going_away = True
-        self.conn.close_connection(ErrorCodes.NO_ERROR)
-        self.flush()
+        # Written by hand: `h2` takes its own GOAWAY as the end of the connection and would
+        # refuse to send the answers still owed on open streams.
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = ErrorCodes.NO_ERROR
+        self.flush_now()
+        if self.transport is not None:
+            self.transport.write(goaway.serialize())
         if not self.active:
             self.close()
 
@@ -355,12 +365,13 @@ class H2Server(H2Base):
         log.info("closing HTTP/2 connection from %s: %s", self.peer, why)
         self.going_away = True
         with contextlib.suppress(h2.exceptions.H2Error):
-            self.conn.close_connection(code)
-        self.flush()
+            self.conn.close_connection(code, last_stream_id=self._last_stream)
+        self.flush_now()
         self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush_now()  # what was queued this turn goes out before the close
             self.closed = True
             self.transport.close()
             self._wake_all()

@@ -308,3 +308,22 @@ def test_a_stalled_request_head_is_cut_off(sidecar: MeshProcess) -> None:
         started = time.monotonic()
         client.goaway_or_close(until=HEADER_TIMEOUT * 6)
         assert time.monotonic() - started < HEADER_TIMEOUT * 6
+
+
+def test_sigterm_sends_goaway_and_finishes_the_streams_in_flight(
+    app: RecordingUpstream, sidecars: Sidecars
+) -> None:
+    port = free_port()
+    proc = sidecars.start(
+        "--service", "app", "--app-port", str(app.port), "--listen", f"127.0.0.1:{port}",
+        name="draining",
+    )  # fmt: skip
+    with RawH2(port) as client:
+        client.send(client.headers(1, request("/slow/drain")))
+        client.wait_for(SettingsFrame)
+        proc.signal()
+        goaway = client.wait_for(GoAwayFrame)
+        assert goaway.error_code == 0
+        answer = client.wait_for(HeadersFrame, 1)
+        assert answer.stream_id == 1
+    assert proc.proc.wait(15) == 0

@@ -180,3 +180,34 @@ def test_h2load_through_the_pair_all_requests_succeed(pair: Pair, service: str) 
     assert done is not None, run.stdout
     assert done.groups() == ("2000", "2000", "2000"), run.stdout
     assert "2000 2xx" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize("size", [0, 1, 16383, 16384, 16385, 65535, 65536, 1 << 20])
+def test_request_and_response_bodies_arrive_byte_exact(pair: Pair, size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    with H2Peer(pair.api_port) as peer:
+        # Chunks of awkward sizes, so DATA frames and reads never line up.
+        chunks = iter([data[i : i + 7919] for i in range(0, size, 7919)])
+        up = peer.request("POST", "/upload", body=chunks if size else b"")
+        echoed = peer.request("POST", "/echo", body=data)
+    assert (up.status, up.headers["x-size"]) == (200, str(size))
+    assert up.headers["x-sha256"] == hashlib.sha256(data).hexdigest()
+    assert echoed.size == size and echoed.digest == hashlib.sha256(data).hexdigest()
+
+
+def test_an_upstream_stream_reset_is_upstream_reset(pair: Pair) -> None:
+    with H2Peer(pair.api_port) as peer:
+        response = peer.request("GET", "/reset")
+        after = peer.request("GET", "/after-reset")
+    assert response.status == 502
+    assert response.headers["x-mesh-error"] == "upstream-reset"
+    assert after.status == 200  # the connection carrying the reset stream goes on
+
+
+def test_a_goaway_connection_is_replaced_not_reused(pair: Pair) -> None:
+    with H2Peer(pair.api_port) as peer:
+        assert peer.request("GET", "/goaway").status == 200
+        before = pair.app.connections
+        responses = [peer.request("GET", f"/after-goaway/{i}") for i in range(3)]
+    assert [r.status for r in responses] == [200] * 3
+    assert pair.app.connections == before + 1  # one new connection, then reused

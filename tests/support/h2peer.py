@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 
@@ -202,6 +203,8 @@ class H2App:
     - /download?size=N: N bytes (a repeating pattern), trailer x-sha256
     - /upload: headers and trailers carry the request body's size and sha256
     - /status/N: status N, empty body, trailers-only style when N is 200 with grpc-status 14
+    - /reset: RST_STREAM(INTERNAL_ERROR) instead of an answer
+    - /goaway: an answer, then GOAWAY(NO_ERROR) and the connection closes
     """
 
     def __init__(self) -> None:
@@ -317,6 +320,15 @@ class _AppConnection:
             chunks = iter([b"ok\n"])
             headers = [("x-size", str(size)), ("x-sha256", digest.hexdigest())]
             trailers = [("x-size", str(size))]
+        elif url.path == "/reset":
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        elif url.path == "/goaway":
+            self.conn.send_headers(sid, [(":status", "200")], end_stream=True)
+            self.conn.close_connection()
+            self.sock.sendall(self.conn.data_to_send())
+            self.sock.shutdown(socket.SHUT_RDWR)
+            return
         elif url.path.startswith("/status/"):
             status = url.path.rsplit("/", 1)[1]
             fields = [(":status", status), ("grpc-status", "14"), ("grpc-message", "down")]
