@@ -15,6 +15,7 @@ from typing import Any
 from mesh.grpc.status import StatusCode, code_for_reason, is_failure, name
 from mesh.grpc.wire import head_status, is_grpc, is_grpc_request, status_in, trailer_status
 from mesh.http1.message import Request, Response
+from mesh.resilience.outlier import OutlierDetector
 
 
 def retry_candidate(response: Response) -> bool:
@@ -26,7 +27,7 @@ def retry_candidate(response: Response) -> bool:
     code = status_in(headers)
     if code is None:
         return False
-    return is_failure(code) or any(name == b"x-mesh-error" for name, _ in headers)
+    return is_failure(code) or any(field == b"x-mesh-error" for field, _ in headers)
 
 
 def when_status_known(request: Request, response: Response, report: Callable[[int], None]) -> bool:
@@ -52,7 +53,7 @@ def when_status_known(request: Request, response: Response, report: Callable[[in
 
 
 def record_endpoint_outcome(
-    detector: Any, state: Any, ticket: int, request: Request, response: Response
+    detector: OutlierDetector[Any], state: Any, ticket: int, request: Request, response: Response
 ) -> None:
     """Tell the endpoint's breaker how the attempt went (`OutlierDetector.record`), by the
     gRPC status for a gRPC call, else by the HTTP status."""
