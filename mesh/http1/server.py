@@ -13,7 +13,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -29,6 +29,7 @@ from mesh.http1.message import (
     status_line,
 )
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
+from mesh.http2 import PREFACE, Takeover
 from mesh.identity.spiffe import peer_identity
 from mesh.inline import Inline, Waiter
 from mesh.policy import HttpLimits
@@ -70,8 +71,6 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _TUNNEL_NEXT = BadRequest("bytes after a WebSocket handshake belong to its tunnel")
 
 IDLE, HEAD, BODY = 0, 1, 2
-#: HTTP/2's connection preface (RFC 9113 §3.4): a client speaking h2c with prior knowledge.
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class _Stop(Exception):
@@ -186,7 +185,7 @@ class ServerConnection:
         self._fresh = True
         #: The HTTP/2 protocol (mesh.http2.server) this connection handed its transport to;
         #: the tracker still holds this object, which passes its calls on.
-        self.h2: Any = None
+        self.h2: Takeover | None = None
         self._reset_head()
 
     # -- connection lifecycle -----------------------------------------------------------------
@@ -307,15 +306,15 @@ class ServerConnection:
 
     # -- parsing (protocol callbacks) ---------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self._stop_error is not None:
-            return  # after a parse error nothing more is read
-        if self._fresh:
+        if self._fresh:  # the first bytes: HTTP/2's preface hands the connection over
             self._fresh = False
-            if data[:3] == b"PRI" and data[:24] == _H2_PREFACE[: len(data)]:
+            if data[:3] == b"PRI" and data[:24] == PREFACE[: len(data)]:
                 from mesh.http2.server import take_over
 
                 take_over(self, data)
                 return
+        if self._stop_error is not None:
+            return  # after a parse error nothing more is read
         if self._phase != BODY:
             self._head_bytes += len(data)
         else:

@@ -71,7 +71,11 @@ class _Exchange(StreamFlow):
 class H2Client(H2Base):
     def __init__(self, label: str, scheme: bytes, on_lost: Callable[[H2Client], None]) -> None:
         config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False
+            client_side=True,
+            header_encoding=None,
+            # What the layers pass on is lower-case bytes already, filtered by headers.py.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         super().__init__(h2.connection.H2Connection(config=config))
         self.label = label
@@ -115,7 +119,7 @@ class H2Client(H2Base):
             return
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2.exceptions.H2Error as exc:
             log.warning("%s broke HTTP/2: %s", self.label, exc)
             self.flush_now()
             self._fail_all(UpstreamProtocolError(f"{self.label} broke HTTP/2: {exc}"))

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.http2.server")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: SETTINGS_MAX_CONCURRENT_STREAMS (Envoy's edge: 100); streams past it get REFUSED_STREAM.
 MAX_CONCURRENT_STREAMS = 100
 #: The request version a stream's `Request` carries: how the layers tell HTTP/2 apart.
@@ -70,7 +69,10 @@ class H2Server(H2Base):
             client_side=False,
             header_encoding=None,
             validate_inbound_headers=False,  # headers.py checks them, per stream
+            normalize_inbound_headers=False,
+            # What the layers pass on is lower-case bytes already, filtered by headers.py.
             validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         super().__init__(_Connection(config=config))
         self.shell = shell
@@ -84,15 +86,16 @@ class H2Server(H2Base):
         #: Streams whose request is in the stack or whose answer is being written.
         self.active = 0
         self.going_away = False
-        self._opened_at = 0.0
         self._last_activity = 0.0
+        #: Since when a request head has been incomplete (0: none is).
+        self._head_since = 0.0
         #: The last stream looked at: GOAWAY names it, not whatever else one read held.
         self._last_stream = 0
 
     def start(self, transport: asyncio.Transport, data: bytes) -> None:
         self.transport = transport
         now = self.loop.time()
-        self._opened_at = self._last_activity = now
+        self._last_activity = now
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -128,7 +131,7 @@ class H2Server(H2Base):
             return
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2.exceptions.H2Error as exc:
             log.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
             self.flush_now()
             self.close()
@@ -309,6 +312,8 @@ class H2Server(H2Base):
             self._last_activity = self.loop.time()
         if error is not None:
             log.error("an HTTP/2 stream from %s failed", self.peer, exc_info=error)
+            self._reset(flow.stream_id, ErrorCodes.INTERNAL_ERROR)  # never left unanswered
+            self.flush()
         body = flow.body
         if body is not None and not body.at_eof and not body.failed:
             body.abandon()  # answered before the request body ended: the rest is dropped
@@ -322,13 +327,14 @@ class H2Server(H2Base):
         if self._write_paused and now - self._write_stalled_since > limits.write_timeout:
             self.abort("client stopped reading the response")
             return
-        buffered = getattr(self.conn.incoming_buffer, "_headers_buffer", None)
-        if buffered and now - self._last_activity > limits.header_timeout:
-            self._go_away(ErrorCodes.PROTOCOL_ERROR, "request head not received in time")
-            return
-        if self.guard.streams == 0 and now - self._opened_at > limits.header_timeout:
-            self._go_away(ErrorCodes.NO_ERROR, "no request in time")
-            return
+        if self._head_pending():
+            if not self._head_since:
+                self._head_since = now
+            elif now - self._head_since > limits.header_timeout:
+                self._go_away(ErrorCodes.PROTOCOL_ERROR, "request head not received in time")
+                return
+        else:
+            self._head_since = 0.0
         if not self.active and now - self._last_activity > limits.idle_timeout:
             self._go_away(ErrorCodes.NO_ERROR, "idle")
             return
@@ -344,6 +350,15 @@ class H2Server(H2Base):
                 body.fail(RequestTimeout("request body stalled"))
                 self._reset(flow.stream_id, ErrorCodes.CANCEL)
         self.flush()
+
+    def _head_pending(self) -> bool:
+        """A header block has begun and not ended: HEADERS awaiting its CONTINUATIONs, or a
+        HEADERS/CONTINUATION frame only partly read (slowloris, HTTP/2 style)."""
+        incoming = self.conn.incoming_buffer
+        if getattr(incoming, "_headers_buffer", None):
+            return True
+        data = getattr(incoming, "_data", b"")
+        return len(data) >= 4 and data[3] in (0x1, 0x9)
 
     def drain(self) -> None:
         """GOAWAY: no new streams; the connection closes once the open ones are answered."""

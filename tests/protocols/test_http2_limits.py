@@ -73,6 +73,14 @@ class RawH2:
             return False
         return True
 
+    def send_raw(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.closed = True
+            return False
+        return True
+
     def frames(self, until: float = 5.0) -> Iterator[Frame]:
         """Frames as they arrive, until the connection closes or `until` seconds pass."""
         deadline = time.monotonic() + until
@@ -327,3 +335,41 @@ def test_sigterm_sends_goaway_and_finishes_the_streams_in_flight(
         answer = client.wait_for(HeadersFrame, 1)
         assert answer.stream_id == 1
     assert proc.proc.wait(15) == 0
+
+
+def test_a_header_frame_trickled_byte_by_byte_is_cut_off(sidecar: MeshProcess) -> None:
+    with RawH2(port_of(sidecar)) as client:
+        frame = client.headers(1, request("/trickle")).serialize()
+        started = time.monotonic()
+        for byte in frame[:-1]:  # one byte every 0.2 s: never a whole frame in time
+            if not client.send_raw(bytes([byte])):
+                break
+            for _ in client.frames(0.2):
+                pass
+            if client.closed or time.monotonic() - started > HEADER_TIMEOUT * 6:
+                break
+        assert client.closed
+        assert time.monotonic() - started < HEADER_TIMEOUT * 6
+
+
+def test_a_header_list_over_the_limit_never_reaches_the_app(
+    sidecar: MeshProcess, app: RecordingUpstream
+) -> None:
+    with RawH2(port_of(sidecar)) as client:
+        client.wait_for(SettingsFrame)
+        client.send(SettingsFrame(0, flags=["ACK"]))
+        block = client.encoder.encode(
+            [*request("/too-big"), *((f"x-big-{i}", "v" * 4000) for i in range(20))]
+        )  # about 80 KiB: over limits.max_header_bytes (60 KiB)
+        pieces = [block[i : i + 16000] for i in range(0, len(block), 16000)]
+        head = HeadersFrame(1, data=pieces[0], flags=["END_STREAM"])
+        rest = [ContinuationFrame(1, data=p) for p in pieces[1:]]
+        rest[-1].flags.add("END_HEADERS")
+        client.send(head, *rest)
+        for frame in client.frames(5):
+            if isinstance(frame, RstStreamFrame | GoAwayFrame):
+                break
+        else:
+            assert client.closed, "neither RST_STREAM, GOAWAY nor a close"
+    assert not [r for r in app.requests if r.target == "/too-big"]
+    still_serves(sidecar)

@@ -42,13 +42,19 @@ class Pair:
     api_port: int
     web_port: int
     api_inbound: int
+    #: The client sidecar's port for `dead`, an http2 service whose endpoint refuses.
+    dead_port: int
+    #: The client sidecar's HTTP-proxy port (routes by authority).
+    proxy_port: int
 
 
 @pytest.fixture(scope="module")
 def pair(pki: Pki, sidecars: Sidecars) -> Iterator[Pair]:
     app = H2App()
     web_app = RecordingUpstream()
-    api_inbound, web_inbound, api_port, web_port = (free_port() for _ in range(4))
+    api_inbound, web_inbound, api_port, web_port, dead_port, proxy_port = (
+        free_port() for _ in range(6)
+    )
     api = sidecars.start(
         "--service", "api", "--app-port", str(app.port), "--listen", f"127.0.0.1:{api_inbound}",
         "--config", str(write_yaml(sidecars.log_dir / "api.yaml", {"app_protocol": "http2"})),
@@ -61,15 +67,24 @@ def pair(pki: Pki, sidecars: Sidecars) -> Iterator[Pair]:
     )  # fmt: skip
     catalog = write_yaml(
         sidecars.log_dir / "catalog.yaml",
-        {"services": {"api": [f"127.0.0.1:{api_inbound}"], "web": [f"127.0.0.1:{web_inbound}"]}},
+        {
+            "services": {
+                "api": [f"127.0.0.1:{api_inbound}"],
+                "web": [f"127.0.0.1:{web_inbound}"],
+                "dead": [f"127.0.0.1:{free_port()}"],  # nothing listens there
+            }
+        },
     )
     client = sidecars.start(
         "--service", "client", "--catalog", str(catalog),
         "--upstream", f"api={api_port}/http2", "--upstream", f"web={web_port}",
+        "--upstream", f"dead={dead_port}/grpc", "--proxy-port", str(proxy_port),
         "--access-log", *pki.issue("client").flags(), name="client",
     )  # fmt: skip
     try:
-        yield Pair(app, web_app, api, web, client, api_port, web_port, api_inbound)
+        yield Pair(
+            app, web_app, api, web, client, api_port, web_port, api_inbound, dead_port, proxy_port
+        )
     finally:
         app.stop()
         web_app.close()
@@ -211,3 +226,22 @@ def test_a_goaway_connection_is_replaced_not_reused(pair: Pair) -> None:
         responses = [peer.request("GET", f"/after-goaway/{i}") for i in range(3)]
     assert [r.status for r in responses] == [200] * 3
     assert pair.app.connections == before + 1  # one new connection, then reused
+
+
+def test_an_http2_upstream_that_refuses_connections_is_upstream_connect_failed(
+    pair: Pair,
+) -> None:
+    with H2Peer(pair.dead_port) as peer:
+        response = peer.request("GET", "/nobody-home")
+    assert response.status == 503
+    assert response.headers["x-mesh-error"] == "upstream-connect-failed"
+
+
+def test_the_proxy_port_routes_http2_streams_by_authority(pair: Pair) -> None:
+    with H2Peer(pair.proxy_port) as peer:
+        to_api = peer.request("POST", "/echo", body=b"by authority", authority="api")
+        to_web = peer.request("GET", "/via-proxy", authority="web")
+    assert (to_api.status, bytes(to_api.body)) == (200, b"by authority")
+    assert to_api.trailers["x-trailer"] == "done"
+    assert to_web.status == 200
+    assert pair.web_app.requests[-1].target == "/via-proxy"

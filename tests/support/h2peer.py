@@ -191,8 +191,9 @@ class H2Peer:
         headers: Fields = (),  # type: ignore[assignment]
         body: bytes | Iterator[bytes] | None = None,
         trailers: Fields | None = None,
+        authority: str = "app",
     ) -> H2Response:
-        return self.wait(self.start(method, path, headers, body, trailers))
+        return self.wait(self.start(method, path, headers, body, trailers, authority))
 
 
 class H2App:
