@@ -34,7 +34,6 @@ from tests.support.processes import (
     write_yaml,
 )
 
-pytest.importorskip("mesh.http2", reason="needs the HTTP/2 transport")
 pytestmark = pytest.mark.timeout(60)
 
 SERVICE = "mesh.test.Greeter"
