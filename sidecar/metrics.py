@@ -173,8 +173,15 @@ def _requests(service: str, requests: RequestMetrics) -> Iterator[Metric]:
         "Answers the proxy made itself, by their x-mesh-error reason.",
         labels=[*_RQ, "reason"],
     )
+    grpc = CounterMetricFamily(
+        "mesh_grpc_responses",
+        "gRPC calls by the status code their client saw (grpc-status).",
+        labels=[*_RQ, "grpc_code"],
+    )
     for (direction, upstream), stats in sorted(requests.stats.items()):
         values = [service, direction, upstream]
+        for code, count in sorted(stats.grpc.items()):
+            grpc.add_metric([*values, code], count)
         for cls, count in stats.classes():
             if count or cls != "other":
                 total.add_metric([*values, cls], count)
@@ -182,7 +189,7 @@ def _requests(service: str, requests: RequestMetrics) -> Iterator[Metric]:
         in_flight.add_metric(values, stats.in_flight)
         for reason, count in sorted(stats.local.items()):
             local.add_metric([*values, reason], count)
-    yield from (total, duration, in_flight, local)
+    yield from (total, duration, in_flight, local, grpc)
 
 
 def _where(name: str, service: str) -> tuple[str, str]:

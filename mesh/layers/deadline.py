@@ -1,7 +1,8 @@
 """Sets the overall deadline of an exchange; every wait below honours `request.deadline`.
 
 A deadline is one float compared at the waiting points, not a timer per layer, so a request
-that finishes in time pays for a single timer handle at most.
+that finishes in time pays for a single timer handle at most. An HTTP/2 request's
+`grpc-timeout` bounds it too (`mesh.grpc.deadline`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from mesh.grpc.deadline import bound_by_grpc_timeout
 from mesh.http1.message import Request, Response
 from mesh.stack import Handler
 
@@ -22,7 +24,10 @@ class Deadline(Handler):
 
     def handle(self, request: Request) -> Coroutine[Any, Any, Response]:
         """Nothing to do afterwards: the inner coroutine is returned, no frame of our own."""
-        deadline = self._now() + self.timeout
+        now = self._now()
+        deadline = now + self.timeout
         if request.deadline is None or deadline < request.deadline:
             request.deadline = deadline
+        if request.version == b"2":  # gRPC rides HTTP/2 only
+            bound_by_grpc_timeout(request, now)
         return self.inner.handle(request)

@@ -10,7 +10,8 @@ endpoint is usable the answer is a fast 503: `circuit-open` for a single-endpoin
 An endpoint failed when the attempt ended in a connect failure (refused, TLS, wrong peer
 identity), a reset, a timeout or a protocol error, or its response was a 5xx; other errors
 (the client's body broke, this proxy's own limits) say nothing about the endpoint and leave
-its breaker as it was.
+its breaker as it was. A gRPC call is judged by its `grpc-status` (`mesh.grpc.outcome`),
+from the head, or from the trailers when the body ends.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mesh.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from mesh.grpc.outcome import record_endpoint_outcome
 from mesh.http1.message import Request, Response
 from mesh.layers.balance import first_endpoints, pick_another
 from mesh.resilience.breaker import REFUSED
@@ -87,7 +89,10 @@ class HealthyBalance(Handler):
             raise
         finally:
             state.in_flight -= 1
-        detector.record(state, ticket, response.status >= 500)
+        if request.version == b"2":
+            record_endpoint_outcome(detector, state, ticket, request, response)
+        else:
+            detector.record(state, ticket, response.status >= 500)
         return response
 
     def _refusal(self, states: tuple[EndpointState, ...]) -> MeshError:

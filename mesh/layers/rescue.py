@@ -15,4 +15,4 @@ class Rescue(Handler):
         try:
             return await self.inner.handle(request)
         except Exception as exc:
-            return error_response(exc)
+            return error_response(exc, request)

@@ -10,7 +10,8 @@ an optional `ResourceGauge` caps retries in flight (Envoy's max_retries).
 Each attempt gets its own deadline (`per_try_timeout`, within the overall one and within
 the caller's `x-mesh-deadline-ms`) and carries the cross-hop headers (`mesh.resilience.hop`).
 A request that cannot be retried (no retries allowed, caller already retried, body not
-replayable) passes through with one deposit and one header scan.
+replayable) passes through with one deposit and one header scan. A gRPC answer of HTTP 200
+whose head carries a failing `grpc-status` counts as a failed attempt (`mesh.grpc.outcome`).
 
 When no retry is made, the client gets the last attempt's own outcome: the upstream's
 response, or the error of that attempt. A proxy-made error that a refused budget left
@@ -27,6 +28,8 @@ from typing import Any, Final
 from tenacity import RetryCallState
 
 from mesh.errors import MeshError, RetryBudgetExhausted
+from mesh.grpc.deadline import restamp
+from mesh.grpc.outcome import retry_candidate
 from mesh.http1.body import Body
 from mesh.http1.message import Request, Response
 from mesh.resilience import hop
@@ -121,6 +124,8 @@ class Retry(Handler):
                     None if try_deadline is None else int((try_deadline - started) * 1000),
                     caller is None and attempt == 1,
                 )
+                if try_deadline is not None and request.version == b"2":
+                    restamp(request, try_deadline - clock())
                 if replay is not None:
                     request.body = Body.complete(replay)
                 request.attempts = attempt
@@ -136,7 +141,11 @@ class Retry(Handler):
                     if holding_gauge and gauge is not None:
                         holding_gauge = False
                         gauge.release()
-                if response is not None and response.status < 500:
+                if (
+                    response is not None
+                    and response.status < 500
+                    and (request.version != b"2" or not retry_candidate(response))
+                ):
                     self.latency.observe(clock() - started)
                     return response
 
@@ -185,6 +194,10 @@ class Retry(Handler):
             return await body.read_all(limit) if length <= limit else None
         # Chunked: only when it has all arrived already; waiting for more could mean holding
         # a body that then turns out too large to replay, and too late to stream.
+        if not body.at_eof and request.version == b"2":
+            # HTTP/2 DATA follows the HEADERS that started this request, often in the same
+            # read (a unary gRPC call): let that read finish before judging.
+            await self._sleep(0)
         if body.at_eof and body.received <= limit:
             return body.take_all()
         return None

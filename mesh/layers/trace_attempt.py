@@ -2,8 +2,9 @@
 this attempt and is repeated by the Retry layer above it, so each retry is its own span
 (`http.request.resend_count`), with the proxy's reason when the attempt failed.
 
-A failed attempt's span ends when it fails (or its 5xx head arrives: a retried attempt's
-body is never streamed); the final attempt's span ends when its response has been sent.
+A failed attempt's span ends when it fails (or its 5xx head, or a gRPC failure status in
+the head, arrives: a retried attempt's body is never streamed); the final attempt's span
+ends when its response has been sent.
 
 `handle` is a plain function returning the coroutine to await: an unsampled request passes
 with one call instead of one more coroutine frame.
@@ -16,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from mesh.errors import MeshError
+from mesh.grpc.outcome import retry_candidate
 from mesh.http1.message import Request, Response
 from mesh.respond import INTERNAL_REASON
 from mesh.stack import Handler
@@ -66,7 +68,8 @@ class TraceAttempt(Handler):
             )  # fmt: skip
             raise
         context.last_error = response.error_reason
-        if response.status >= 500:  # possibly retried: its body is never streamed
+        if response.status >= 500 or (request.version == b"2" and retry_candidate(response)):
+            # Possibly retried (a 5xx, or a gRPC failure in the head): never streamed.
             tracer.record(
                 CLIENT, context, span_id, context.attempt_parent, start, request, response, "",
                 peer, resend,

@@ -5,6 +5,9 @@ one `RequestStats` object and to one fixed-bucket histogram. Latency runs from t
 the request head was parsed to the moment the response head is ready (the body streams
 afterwards and is the client's pace as much as ours).
 
+gRPC calls (HTTP/2 only) are also counted by their `grpc-status` code name, once known
+(`mesh.grpc.outcome`): a gRPC failure is an HTTP 200.
+
 It works inside `Rescue` (failures arrive as MeshErrors) and outside it (as responses with
 an `error_reason`); either way each request counts once.
 """
@@ -16,6 +19,7 @@ import bisect
 from typing import Final
 
 from mesh.errors import MeshError
+from mesh.grpc.outcome import count_failure, count_status
 from mesh.http1.message import Request, Response
 from mesh.metrics.histogram import Histogram
 from mesh.respond import INTERNAL_REASON
@@ -42,7 +46,7 @@ def reason_words() -> list[str]:
 class RequestStats:
     """What one observed stack has seen, in plain numbers the collector reads."""
 
-    __slots__ = ("by_class", "direction", "duration", "in_flight", "local", "upstream")
+    __slots__ = ("by_class", "direction", "duration", "grpc", "in_flight", "local", "upstream")
 
     def __init__(self, direction: str, upstream: str) -> None:
         self.direction = direction
@@ -54,6 +58,8 @@ class RequestStats:
         #: Answers the proxy made itself, by `x-mesh-error` reason. Every known word starts
         #: at 0, so that Prometheus' rate() sees the first one happen.
         self.local: dict[str, int] = dict.fromkeys(reason_words(), 0)
+        #: gRPC calls by the name of their status code (`OK`, `UNAVAILABLE`...).
+        self.grpc: dict[str, int] = {}
 
     def record(self, status: int, reason: str, seconds: float) -> None:
         """The slow path (failures); `ObserveRequests` inlines the same for responses."""
@@ -81,6 +87,8 @@ class ObserveRequests(Handler):
             response = await self.inner.handle(request)
         except MeshError as exc:
             stats.record(exc.status, exc.reason, self._time() - request.received_at)
+            if request.version == b"2":
+                count_failure(stats.grpc, request, exc.reason, exc.status)
             raise
         except Exception:
             stats.record(500, INTERNAL_REASON, self._time() - request.received_at)
@@ -95,6 +103,8 @@ class ObserveRequests(Handler):
         histogram.sum += seconds
         if response.error_reason:
             stats.local[response.error_reason] = stats.local.get(response.error_reason, 0) + 1
+        if request.version == b"2":
+            count_status(stats.grpc, request, response)
         return response
 
 

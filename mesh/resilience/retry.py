@@ -3,7 +3,8 @@
 Built from tenacity's strategy objects, held in a `tenacity.Retrying` that is never run:
 the Retry layer records each attempt's outcome in a `RetryCallState` and asks
 
-- retry: `NeverSent() | IdempotentFailure(statuses)` (tenacity `retry_base` predicates),
+- retry: `NeverSent() | IdempotentFailure(statuses) | GrpcUnavailable()` (tenacity
+  `retry_base` predicates),
 - wait:  `WaitRetryAfter(wait_random_exponential(base, max))`,
 - stop:  `stop_after_attempt(1 + max_retries) | StopOnRetryAfter(max) | StopOnDeadline()`,
 
@@ -19,6 +20,9 @@ The rules (issue 5, RELIABILITY.md row 31):
 - idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are also retried on a reset
   before the response head, a per-try timeout, and the policy's statuses; POST and PATCH
   never are, since the app may have acted;
+- a gRPC call (always a POST) is retried when its trailers-only answer says UNAVAILABLE,
+  the one status gRPC defines as "not processed, try again"; a peer proxy's gRPC-shaped
+  never-sent refusal (HTTP 200, `grpc-status`, `x-mesh-error`) counts like its 5xx form;
 - only bodies that were buffered whole (at most `max_replay_body`) are replayed;
 - `Retry-After` is the least wait; longer than `max_retry_after` or the deadline: no retry.
   A peer proxy's never-sent refusal is retried on another endpoint without waiting for its
@@ -47,6 +51,8 @@ from mesh.errors import (
     UpstreamTimeout,
     UpstreamTlsFailed,
 )
+from mesh.grpc.status import RETRYABLE_CODES
+from mesh.grpc.wire import is_grpc, status_in
 from mesh.http1.message import IDEMPOTENT_METHODS, Response
 from mesh.resilience.clock import Clock
 from mesh.resilience.hop import ALL
@@ -182,6 +188,22 @@ class IdempotentFailure(retry_base):
         return response is not None and response.status in self.statuses
 
 
+class GrpcUnavailable(retry_base):
+    """A gRPC call's trailers-only failure: UNAVAILABLE (when this hop may retry app
+    failures), or a peer proxy's refusal made before its app saw the call (any status)."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        response, _ = _outcome(retry_state)
+        if response is None or response.status != 200 or not is_grpc(response.headers):
+            return False
+        code = status_in(response.headers)
+        if code is None:
+            return False
+        if peer_never_sent(response):
+            return True
+        return _facts(retry_state).allowance == ALL and code in RETRYABLE_CODES
+
+
 class WaitRetryAfter(wait_base):
     """The fallback's backoff, or the upstream's `Retry-After` when that is longer."""
 
@@ -240,7 +262,7 @@ class RetryDecider:
         )
         self.retrying = tenacity.Retrying(
             sleep=_never_sleep,
-            retry=NeverSent() | IdempotentFailure(policy.retry_statuses),
+            retry=NeverSent() | IdempotentFailure(policy.retry_statuses) | GrpcUnavailable(),
             wait=wait,
             stop=(
                 stop_after_attempt(1 + policy.max_retries)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.grpc.status import name as status_name
 from mesh.tracing.recorder import CLIENT, SERVER, SpanRecord
 
 log = logging.getLogger("mesh.tracing")
@@ -32,9 +33,23 @@ def _host_port(authority: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port.isdigit() else default_port
 
 
-def is_error(kind: str, status: int, error: str) -> bool:
-    """Proxy-made answers are errors on both sides; otherwise 5xx, and 4xx on a client."""
+def is_error(kind: str, status: int, error: str, grpc: int = -1) -> bool:
+    """Proxy-made answers are errors on both sides; otherwise 5xx, and 4xx on a client.
+    A gRPC call (`grpc` >= 0, its status code) by its code: any but OK on a client, the
+    server-fault codes on a server (OpenTelemetry's gRPC conventions)."""
+    if grpc >= 0:
+        return bool(error) or grpc in (_GRPC_SERVER_ERRORS if kind == SERVER else _GRPC_NOT_OK)
     return bool(error) or status >= 500 or (kind == CLIENT and status >= 400) or status == 0
+
+
+def _status_text(status: int, grpc: int) -> str:
+    if grpc >= 0:
+        return status_name(grpc)
+    return f"HTTP {status}" if status else "incomplete"
+
+
+_GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})  # UNKNOWN ... DATA_LOSS
+_GRPC_NOT_OK = frozenset(range(1, 17))
 
 
 def span_name(record: SpanRecord) -> str:
@@ -80,8 +95,14 @@ def attributes(record: SpanRecord) -> dict[str, Any]:
                 attrs["network.peer.port"] = peer_port
         if resend:
             attrs["http.request.resend_count"] = resend
-    if is_error(kind, status, error):
-        attrs["error.type"] = error or (str(status) if status else "incomplete")
+    grpc = record[16]
+    if grpc >= 0:
+        attrs["rpc.system"] = "grpc"
+        attrs["rpc.grpc.status_code"] = grpc
+    if is_error(kind, status, error, grpc):
+        attrs["error.type"] = error or (
+            status_name(grpc) if grpc >= 0 else str(status) if status else "incomplete"
+        )
     if error:
         attrs["mesh.error"] = error
     return attrs
@@ -98,7 +119,7 @@ def record_json(record: SpanRecord, service: str) -> dict[str, Any]:
         "name": span_name(record),
         "start_ns": record[4],
         "end_ns": record[5],
-        "status": "error" if is_error(kind, status, error) else "ok",
+        "status": "error" if is_error(kind, status, error, record[16]) else "ok",
         "error": error or None,
         "attributes": attributes(record),
     }
@@ -249,8 +270,8 @@ class OtlpExport:
             )
             status, error = record[9], record[10]
             span_status = (
-                Status(StatusCode.ERROR, error or (f"HTTP {status}" if status else "incomplete"))
-                if is_error(kind, status, error)
+                Status(StatusCode.ERROR, error or _status_text(status, record[16]))
+                if is_error(kind, status, error, record[16])
                 else Status(StatusCode.UNSET)
             )
             out.append(

@@ -102,7 +102,10 @@ class Encoder:
             parts.append(attribute(key, value))
         error = attributes.get("error.type")
         if error is not None:
-            message = record[10] or (f"HTTP {record[9]}" if record[9] else "incomplete")
+            if record[16] >= 0:  # a gRPC call: its status code's name
+                message = record[10] or str(error)
+            else:
+                message = record[10] or (f"HTTP {record[9]}" if record[9] else "incomplete")
             status = _field(0x12, message.encode())
             parts.append(_field(0x7A, status + b"\x18" + _SMALL[_STATUS_ERROR]))
         else:

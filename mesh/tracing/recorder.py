@@ -24,9 +24,25 @@ MAX_BACKOFF = 5.0
 
 #: (kind, trace id, span id, parent id, start ns, end ns, method, target, authority,
 #:  status (0: none), error reason ("" when none), peer "host:port" or address,
-#:  resend count, scheme, tracestate, mesh service)
+#:  resend count, scheme, tracestate, mesh service, gRPC status code (-1: not gRPC))
 SpanRecord = tuple[
-    str, bytes, bytes, bytes, int, int, bytes, bytes, bytes, int, str, str, int, bytes, bytes, str
+    str,
+    bytes,
+    bytes,
+    bytes,
+    int,
+    int,
+    bytes,
+    bytes,
+    bytes,
+    int,
+    str,
+    str,
+    int,
+    bytes,
+    bytes,
+    str,
+    int,
 ]
 
 

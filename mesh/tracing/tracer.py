@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from mesh.grpc.outcome import span_status
 from mesh.http1.message import Request, Response
 from mesh.tracing.context import TraceContext, new_span_id, new_trace_id
 from mesh.tracing.propagation import (
@@ -91,6 +92,7 @@ class Tracer:
         status = response.status if response is not None else 0
         if response is not None and response.error_reason:
             error = response.error_reason
+        grpc = span_status(request, response, error) if request.version == b"2" else -1
         self.queue.put(
             (
                 kind,
@@ -109,5 +111,6 @@ class Tracer:
                 request.scheme,
                 context.tracestate,
                 request.service,
+                grpc,
             )
         )
