@@ -83,6 +83,8 @@ class H2Client(H2Base):
         self._on_lost = on_lost
         #: GOAWAY received (or sent): no new stream.
         self.going_away = False
+        #: The peer's SETTINGS have arrived (its stream limit is known).
+        self.peer_settled = False
         self.streams_opened = 0
         #: The upstream's connection cap this connection counts against (pool.py).
         self.gauge: Any = None
@@ -158,6 +160,8 @@ class H2Client(H2Base):
                     code = _code_name(event.error_code)
                     flow.fail(UpstreamReset(f"{self.label} reset the stream ({code})"))
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                self.peer_settled = True
             stream_id = getattr(event, "stream_id", 0)
             for waiting in self.flows.values():
                 if not stream_id or waiting.stream_id == stream_id:
@@ -225,8 +229,11 @@ class H2Client(H2Base):
     def can_take(self) -> bool:
         if self.closed or self.going_away:
             return False
+        # Until the peer's SETTINGS arrive its limit reads as unbounded (RFC 9113 §6.5.2);
+        # assume the common 100 meanwhile, so a burst at connect time is not refused.
         limit = self.conn.remote_settings.max_concurrent_streams
-        return len(self.flows) < min(limit, DEFAULT_MAX_STREAMS * 10)
+        cap = DEFAULT_MAX_STREAMS if not self.peer_settled else DEFAULT_MAX_STREAMS * 10
+        return len(self.flows) < min(limit, cap)
 
     async def exchange(self, request: Request) -> Response:
         conn = self.conn

@@ -46,7 +46,7 @@ class H2Pool:
         return None
 
     async def exchange(self, request: Request) -> Response:
-        conn = self._usable() or await self._connect(request.deadline)
+        conn = await self._stream_slot(request.deadline)
         try:
             return await conn.exchange(request)
         except StreamRefused:
@@ -54,8 +54,20 @@ class H2Pool:
             if request.body is not None:
                 raise
         self.refused_retried += 1
-        conn = self._usable() or await self._connect(request.deadline)
+        conn = await self._stream_slot(request.deadline)
         return await conn.exchange(request)
+
+    async def _stream_slot(self, deadline: float | None) -> H2Client:
+        """A connection with room for one more stream under the peer's limit: a burst that
+        fills one opens the next (as Envoy's pool does), never streams the peer refuses."""
+        while True:
+            conn = self._usable()
+            if conn is not None:
+                return conn
+            conn = await self._connect(deadline)
+            if conn.can_take():
+                return conn
+            # Requests that waited for the same connection took its streams: open another.
 
     async def _connect(self, deadline: float | None) -> H2Client:
         """A new connection; requests arriving while one is being opened wait for it."""
