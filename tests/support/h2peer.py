@@ -214,6 +214,8 @@ class H2App:
         self.port = self.listener.getsockname()[1]
         self.requests: list[dict[str, str]] = []
         self.connections = 0
+        #: (path, number of the connection it came on), for every request.
+        self.served_on: list[tuple[str, int]] = []
         self._stop = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -238,7 +240,8 @@ class H2App:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=_AppConnection(self, sock).run, daemon=True).start()
+            conn = _AppConnection(self, sock, self.connections)
+            threading.Thread(target=conn.run, daemon=True).start()
 
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB, every byte value
@@ -253,9 +256,10 @@ def pattern(size: int) -> Iterator[bytes]:
 
 
 class _AppConnection:
-    def __init__(self, app: H2App, sock: socket.socket) -> None:
+    def __init__(self, app: H2App, sock: socket.socket, number: int) -> None:
         self.app = app
         self.sock = sock
+        self.number = number
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
         self.heads: dict[int, dict[str, str]] = {}
@@ -285,6 +289,7 @@ class _AppConnection:
             head = _text(event.headers)
             self.heads[event.stream_id] = head
             self.app.requests.append(head)
+            self.app.served_on.append((head[":path"], self.number))
             self.bodies[event.stream_id] = (0, hashlib.sha256(), bytearray())
         elif isinstance(event, h2.events.DataReceived):
             size, digest, kept = self.bodies[event.stream_id]
