@@ -33,6 +33,8 @@ HOT_MODULES = [
     "mesh/layers/deadline.py",
     "mesh/layers/balance.py",
     "mesh/layers/connect.py",
+    "mesh/layers/authorize.py",
+    "mesh/layers/client_cert.py",
     "mesh/layers/noop.py",
     # Resilience on every outbound request: the layers and the state machines they call.
     # Not resilience/retry.py (tenacity's strategy classes are subclassed there) nor

@@ -8,6 +8,8 @@ intentions changed), so a new policy applies to the next request.
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from mesh.errors import Forbidden
 from mesh.http1.message import Request, Response
@@ -26,7 +28,8 @@ class Authorize(Handler):
         self._generation = authorizer.generation
         self.denied = 0
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Coroutine[Any, Any, Response]:
+        """A refusal raises here; otherwise the inner coroutine is returned (no frame)."""
         caller = request.peer_identity
         generation = self.authorizer.generation
         if generation != self._generation:
@@ -43,4 +46,4 @@ class Authorize(Handler):
                 "denied %s -> %s: %s", caller or "<no identity>", self.own_identity, decision[1]
             )
             raise Forbidden(f"{caller or 'caller'} may not call {self.own_identity}: {decision[1]}")
-        return await self.inner.handle(request)
+        return self.inner.handle(request)
