@@ -84,14 +84,17 @@ class MemoryPool(EndpointPool):
         return conn
 
 
+def memory_cluster(config: SidecarConfig) -> Cluster:
+    cluster = Cluster(
+        "app", lambda e: MemoryPool(e.host, e.port, config.pool.policy(), 1.0), lambda e: False
+    )
+    cluster.update(EndpointSet("app", (Endpoint("127.0.0.1", 15001),)))
+    return cluster
+
+
 class Services:
     def __init__(self, config: SidecarConfig) -> None:
-        cluster = Cluster(
-            "app",
-            lambda e: MemoryPool(e.host, e.port, config.pool.policy(), 1.0),
-            lambda e: False,
-        )
-        cluster.update(EndpointSet("app", (Endpoint("127.0.0.1", 15001),)))
+        cluster = memory_cluster(config)
         upstream = stacks.upstream_stack(config, cluster, config.policy_book())
         # As a sidecar ships: every upstream's requests counted for /metrics.
         self._stack = RequestMetrics("bench").observe(upstream.handler, "outbound", "app")
@@ -107,14 +110,27 @@ class Services:
 BARE: dict[str, Any] = {"retry": {"max_retries": 0}, "outlier": {"enabled": False}}
 
 
+def inbound_handler(config: SidecarConfig) -> Any:
+    """The inbound side as a sidecar ships it (plain listener): its stack, counted."""
+    inbound = stacks.inbound_stack(config, memory_cluster(config))
+    return RequestMetrics("bench").observe(inbound.handler, "inbound", "bench")
+
+
 async def run(
-    requests: int, connections: int, bare: bool = False, config: SidecarConfig | None = None
+    requests: int,
+    connections: int,
+    bare: bool = False,
+    config: SidecarConfig | None = None,
+    inbound: bool = False,
 ) -> float:
     loop = asyncio.get_running_loop()
     config = config or SidecarConfig.model_validate(
         {"service": "bench", **({"resilience": BARE} if bare else {})}
     )
-    handler = stacks.outbound_stack(config, Services(config).stack("app"))
+    if inbound:
+        handler = inbound_handler(config)
+    else:
+        handler = stacks.outbound_stack(config, Services(config).stack("app"))
     tracker = ConnectionTracker(config.limits.policy())
     remaining = requests
     done = asyncio.Event()
@@ -178,16 +194,20 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
     parser.add_argument("--bare", action="store_true", help="no retries, no breakers")
     parser.add_argument(
+        "--inbound", action="store_true", help="the inbound side (caller -> sidecar -> app)"
+    )
+    parser.add_argument(
         "--instructions", action="store_true", help="count instructions under valgrind instead"
     )
     args = parser.parse_args()
     if args.instructions:
         passthrough = ["--connections", str(args.connections)]
         passthrough += ["--noop-layers", str(args.noop_layers)] + (["--bare"] if args.bare else [])
+        passthrough += ["--inbound"] if args.inbound else []
         per_request = count_instructions(min(args.requests, 5000), passthrough)
         print(
             f"{per_request:.0f} instructions per request through one hop (no sockets), "
-            f"{args.noop_layers} no-op layers"
+            f"{args.noop_layers} no-op layers, {'inbound' if args.inbound else 'outbound'}"
             f"{', bare (no resilience)' if args.bare else ', resilience at its defaults'}"
         )
         return
@@ -204,14 +224,15 @@ def main() -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
-        uvloop.run(run(args.requests, args.connections, args.bare))
+        uvloop.run(run(args.requests, args.connections, args.bare, inbound=args.inbound))
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
-    us = uvloop.run(run(args.requests, args.connections, args.bare))
+    us = uvloop.run(run(args.requests, args.connections, args.bare, inbound=args.inbound))
     print(
         f"{us:.2f} us CPU per request through one hop (no sockets), "
-        f"{args.noop_layers} no-op layers, {args.connections} connections"
+        f"{args.noop_layers} no-op layers, {args.connections} connections, "
+        f"{'inbound' if args.inbound else 'outbound'}"
         f"{', bare (no resilience)' if args.bare else ', resilience at its defaults'}"
     )
 
