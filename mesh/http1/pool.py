@@ -91,8 +91,21 @@ class EndpointPool:
         return None
 
     async def connect(self, deadline: float | None = None) -> UpstreamConnection:
-        """A new connection; a `deadline` (loop time) sooner than the connect timeout ends
-        the attempt then, as `upstream-timeout`: the caller's time is up, not the peer's."""
+        """A new pooled HTTP/1.1 connection (see `open_counted`)."""
+        conn = cast(
+            UpstreamConnection, await self.open_counted(lambda: UpstreamConnection(self), deadline)
+        )
+        self._all.add(conn)  # from here `forget` gives its slot back when it closes
+        if self.closed:
+            conn.abort()
+            raise UpstreamConnectFailed(f"endpoint {self.label} was removed")
+        return conn
+
+    async def open_counted(self, factory: Callable[[], Any], deadline: float | None) -> Any:
+        """A new connection (protocol made by `factory`) counted against the upstream's
+        connection cap, its slot in `conn.gauge`; a `deadline` (loop time) sooner than the
+        connect timeout ends the attempt then, as `upstream-timeout`: the caller's time is
+        up, not the peer's."""
         gauge = self.connection_gauge
         if gauge is not None and not gauge.try_acquire():
             raise ConnectionLimit(f"{gauge.limit} connections open to this upstream")
@@ -104,7 +117,7 @@ class EndpointPool:
                 timeout = left if left > 0.0 else 0.0
                 cut_by_deadline = True
         try:
-            conn = await self._open(timeout)
+            conn = await self.open(factory, timeout)
         except UpstreamConnectFailed as exc:
             if gauge is not None:
                 gauge.release()
@@ -116,14 +129,6 @@ class EndpointPool:
                 gauge.release()
             raise
         conn.gauge = gauge
-        return conn
-
-    async def _open(self, within: float) -> UpstreamConnection:
-        conn = cast(UpstreamConnection, await self.open(lambda: UpstreamConnection(self), within))
-        self._all.add(conn)
-        if self.closed:
-            conn.abort()
-            raise UpstreamConnectFailed(f"endpoint {self.label} was removed")
         return conn
 
     async def open(self, factory: Callable[[], Any], within: float | None = None) -> Any:

@@ -7,14 +7,11 @@ are the `EndpointPool`'s. A connection that got GOAWAY or died is never given a 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from mesh.errors import (
-    ConnectionLimit,
     UpstreamConnectFailed,
     UpstreamProtocolError,
-    UpstreamTimeout,
 )
 from mesh.http1.message import Request, Response
 from mesh.http1.pool import EndpointPool
@@ -90,31 +87,10 @@ class H2Pool:
 
     async def _open(self, deadline: float | None) -> H2Client:
         pool = self.pool
-        gauge = pool.connection_gauge
-        if gauge is not None and not gauge.try_acquire():
-            raise ConnectionLimit(f"{gauge.limit} connections open to this upstream")
-        within = pool.connect_timeout
-        cut_by_deadline = False
-        if deadline is not None:
-            left = deadline - asyncio.get_running_loop().time()
-            if left < within:
-                within, cut_by_deadline = max(left, 0.0), True
         scheme = b"https" if pool.tls is not None else b"http"
-        try:
-            conn: H2Client = await pool.open(
-                lambda: H2Client(pool.label, scheme, self._lost), within
-            )
-        except UpstreamConnectFailed as exc:
-            if gauge is not None:
-                gauge.release()
-            if cut_by_deadline and exc.timed_out:
-                raise UpstreamTimeout(f"deadline passed while connecting to {pool.label}") from None
-            raise
-        except BaseException:
-            if gauge is not None:
-                gauge.release()
-            raise
-        conn.gauge = gauge
+        conn: H2Client = await pool.open_counted(
+            lambda: H2Client(pool.label, scheme, self._lost), deadline
+        )
         transport = conn.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
