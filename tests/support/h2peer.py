@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +26,39 @@ import h2.events
 import h2.exceptions
 
 Fields = list[tuple[str, str]]
+
+
+def pump_sends(
+    conn: h2.connection.H2Connection,
+    sending: dict[int, tuple[Iterator[bytes], bytes, Fields | None]],
+    flush: Callable[[], None],
+) -> None:
+    """Send what each stream has queued as far as flow control lets it, then its end (or
+    trailers); streams the window stops stay queued for the next call."""
+    for sid in list(sending):
+        chunks, pending, trailers = sending[sid]
+        while True:
+            if not pending:
+                pending = next(chunks, b"")
+                if not pending:
+                    if trailers:
+                        conn.send_headers(sid, trailers, end_stream=True)
+                    else:
+                        conn.end_stream(sid)
+                    del sending[sid]
+                    break
+            try:
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            except h2.exceptions.StreamClosedError:
+                del sending[sid]
+                break
+            if window <= 0:
+                sending[sid] = (chunks, pending, trailers)
+                break
+            conn.send_data(sid, pending[:window])
+            pending = pending[window:]
+            flush()
+    flush()
 
 
 def _text(fields: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -112,31 +145,7 @@ class H2Peer:
         return sid
 
     def _pump_sends(self) -> None:
-        for sid in list(self._sending):
-            chunks, pending, trailers = self._sending[sid]
-            while True:
-                if not pending:
-                    pending = next(chunks, b"")
-                    if not pending:
-                        if trailers:
-                            self.conn.send_headers(sid, trailers, end_stream=True)
-                        else:
-                            self.conn.end_stream(sid)
-                        del self._sending[sid]
-                        break
-                try:
-                    window = min(
-                        self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
-                    )
-                except h2.exceptions.StreamClosedError:
-                    del self._sending[sid]
-                    break
-                if window <= 0:
-                    self._sending[sid] = (chunks, pending, trailers)
-                    break
-                self.conn.send_data(sid, pending[:window])
-                pending = pending[window:]
-                self._flush()
+        pump_sends(self.conn, self._sending, self._flush)
         self._flush()
 
     def receive_once(self) -> bool:
@@ -266,7 +275,7 @@ class _AppConnection:
         self.bodies: dict[int, tuple[int, hashlib._Hash, bytearray]] = {}
         self.req_trailers: dict[int, dict[str, str]] = {}
         #: stream -> (chunks, pending bytes, trailers)
-        self.sending: dict[int, tuple[Iterator[bytes], bytes, Fields]] = {}
+        self.sending: dict[int, tuple[Iterator[bytes], bytes, Fields | None]] = {}
 
     def run(self) -> None:
         self.conn.initiate_connection()
@@ -350,33 +359,9 @@ class _AppConnection:
         self.sending[sid] = (chunks, b"", trailers)
 
     def pump(self) -> None:
-        for sid in list(self.sending):
-            chunks, pending, trailers = self.sending[sid]
-            while True:
-                if not pending:
-                    pending = next(chunks, b"")
-                    if not pending:
-                        if trailers:
-                            self.conn.send_headers(sid, trailers, end_stream=True)
-                        else:
-                            self.conn.end_stream(sid)
-                        del self.sending[sid]
-                        break
-                try:
-                    window = min(
-                        self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
-                    )
-                except h2.exceptions.StreamClosedError:
-                    del self.sending[sid]
-                    break
-                if window <= 0:
-                    self.sending[sid] = (chunks, pending, trailers)
-                    break
-                self.conn.send_data(sid, pending[:window])
-                pending = pending[window:]
-                out = self.conn.data_to_send()
-                if out:
-                    self.sock.sendall(out)
+        pump_sends(self.conn, self.sending, self._flush)
+
+    def _flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
             self.sock.sendall(out)
