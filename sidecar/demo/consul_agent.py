@@ -20,6 +20,8 @@ import anyio
 import httpcore
 from anyio.abc import Process
 
+from sidecar.demo.ports import free_port
+
 INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-consul.sh"
 INSTALL_TIMEOUT = 300.0
 START_TIMEOUT = 30.0
@@ -45,24 +47,6 @@ async def find_consul() -> tuple[str | None, str]:
     return lines[-1], ""
 
 
-def _free_port(kinds: tuple[int, ...], taken: set[int]) -> int:
-    """A loopback port free right now for every socket kind (serf uses TCP and UDP)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kinds[0]) as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            try:
-                for kind in kinds[1:]:
-                    with socket.socket(socket.AF_INET, kind) as other:
-                        other.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in taken:
-            taken.add(port)
-            return port
-    raise RuntimeError("no free loopback port found")
-
-
 class DevAgent:
     """`consul agent -dev` on loopback; `start()` returns once it can issue certificates."""
 
@@ -70,13 +54,12 @@ class DevAgent:
         self.binary = binary
         self.data_dir = Path(tempfile.mkdtemp(prefix="consul-", dir=workdir))
         self.log_path = workdir / "consul.log"
-        taken: set[int] = set()
-        tcp, both = (socket.SOCK_STREAM,), (socket.SOCK_STREAM, socket.SOCK_DGRAM)
-        self.http_port = _free_port(tcp, taken)
+        both = (socket.SOCK_STREAM, socket.SOCK_DGRAM)
+        self.http_port = free_port()
         self._ports = {
-            "server": _free_port(tcp, taken),
-            "serf-lan": _free_port(both, taken),
-            "serf-wan": _free_port(both, taken),
+            "server": free_port(),
+            "serf-lan": free_port(both),
+            "serf-wan": free_port(both),
         }
         self.process: Process | None = None
 

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from sidecar.demo.certs import issue_all
 from sidecar.demo.consul_agent import DevAgent, find_consul
 from sidecar.demo.load import Stats
 from sidecar.demo.plan import app_env, gateway_config, sidecar_config
+from sidecar.demo.ports import free_port
 from sidecar.demo.topology import (
     ENTRY,
     FAULT_MODES,
@@ -58,21 +58,6 @@ from sidecar.demo.watch import (
 from sidecar.signals import stop_on_signals
 
 log = logging.getLogger("sidecar.demo")
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free now and not handed out before: the kernel may offer a port again once
-    its probe socket is closed, before the process it was meant for has bound it."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
 
 
 @dataclass
