@@ -164,12 +164,22 @@ async def start_services(
                 f"admin :{run.admin}  (pid {run.process.pid})")  # fmt: skip
 
 
+def check_alive(services: list[Running]) -> None:
+    """A demo process that has exited (`mesh attach` exits when its app does) ends the
+    start-up with its name, rather than a wait for answers that cannot come."""
+    for run in services:
+        if run.process is not None and run.process.returncode is not None:
+            raise RuntimeError(
+                f"{run.name} exited early ({run.process.returncode}); its output is in "
+                f"{run.name}.log in the demo's directory"
+            )
+
+
 async def wait_ready(services: list[Running], pool: httpcore.AsyncConnectionPool) -> None:
     with anyio.fail_after(30):
         for run in services:
             while True:
-                if run.process is not None and run.process.returncode is not None:
-                    raise RuntimeError(f"{run.name} exited early ({run.process.returncode})")
+                check_alive([run])
                 try:
                     resp = await pool.request("GET", f"http://127.0.0.1:{run.admin}/ready")
                     if resp.status == 200:
@@ -193,13 +203,16 @@ async def wait_registered(agent: DevAgent, pool: httpcore.AsyncConnectionPool) -
         say(f"  consul   {names} registered, passing")
 
 
-async def warm_up(client: httpcore.AsyncConnectionPool, url: str, stats: Stats) -> None:
+async def warm_up(
+    client: httpcore.AsyncConnectionPool, url: str, stats: Stats, services: list[Running]
+) -> None:
     """Until every load path answers through the whole mesh: every caller's sidecar has seen
     its peers (a Consul watch may trail the agent by up to its rate limit, a second)."""
     with anyio.fail_after(30):
         for path in LOAD_PATHS:
             # Nothing to wait on but the mesh's answer: ask again, a tenth of a second apart.
-            while await loadgen.send_one(client, url, path, stats) != 200:  # noqa: ASYNC110
+            while await loadgen.send_one(client, url, path, stats) != 200:
+                check_alive(services)  # an app that died will never answer
                 await anyio.sleep(0.1)
 
 
@@ -437,7 +450,7 @@ async def run_demo(
                     gateway = await start_mesh(mesh, discovery, workdir, pool)
                     async with loadgen.client() as client:
                         warm = Stats()
-                        await warm_up(client, gateway.url, warm)
+                        await warm_up(client, gateway.url, warm, mesh.services)
                         for service_log in logs:
                             service_log.restart()
                         say(f"  warm-up  every route answers through the {ENTRY} "
