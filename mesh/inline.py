@@ -23,13 +23,15 @@ T = TypeVar("T")
 class Waiter(Generic[T]):
     """A one-shot result that resumes whoever awaits it, immediately, when it is set."""
 
-    __slots__ = ("_done", "_error", "_result", "_resume")
+    __slots__ = ("_done", "_error", "_result", "_runner")
 
     def __init__(self) -> None:
         self._done = False
         self._result: T | None = None
         self._error: BaseException | None = None
-        self._resume: Callable[[], None] | None = None
+        #: The runner to resume (the runner itself, not its bound `_step`: a bound method
+        #: would be a new object at every wait).
+        self._runner: Inline | None = None
 
     def done(self) -> bool:
         return self._done
@@ -49,10 +51,10 @@ class Waiter(Generic[T]):
         self._wake()
 
     def _wake(self) -> None:
-        resume = self._resume
-        if resume is not None:
-            self._resume = None
-            resume()
+        runner = self._runner
+        if runner is not None:
+            self._runner = None
+            runner._step()
 
     def __await__(self) -> Generator[Any, None, T]:
         if not self._done:
@@ -92,7 +94,7 @@ class Inline:
             self._on_done(None, exc)
             return
         if type(yielded) is Waiter:
-            yielded._resume = self._step
+            yielded._runner = self
         elif isinstance(yielded, asyncio.Future):
             yielded._asyncio_future_blocking = False
             yielded.add_done_callback(self._future_done)

@@ -19,13 +19,15 @@ from mesh.errors import MeshError, UpstreamProtocolError, UpstreamReset, Upstrea
 from mesh.http1.body import Body
 from mesh.http1.deadlines import SWEEPER
 from mesh.http1.message import (
-    CRLF,
+    END_OF_HEAD,
     END_TO_END,
     HeaderNames,
+    NameMemo,
     Request,
     Response,
     append_headers,
     bodyless_status,
+    content_length_field,
 )
 from mesh.inline import Inline, Waiter
 
@@ -66,13 +68,13 @@ class _HeadResponseDone(Exception):
 
 def request_head(request: Request) -> bytes:
     """Serialise a request head for the upstream, framing re-derived from our own parse."""
-    lines = [request.method, b" ", request.target, b" HTTP/1.1\r\nhost: ", request.authority, CRLF]
+    lines = [request.method, b" ", request.target, b" HTTP/1.1\r\nhost: ", request.authority]
     append_headers(lines, request.headers)
     if request.content_length is not None:
-        lines.append(b"content-length: %d\r\n" % request.content_length)
+        lines.append(content_length_field(request.content_length))
     elif request.body is not None:
-        lines.append(b"transfer-encoding: chunked\r\n")
-    lines.append(b"\r\n")
+        lines.append(b"\r\ntransfer-encoding: chunked")
+    lines.append(END_OF_HEAD)
     return b"".join(lines)
 
 
@@ -97,6 +99,7 @@ class UpstreamConnection:
         self.busy = False
         self.idle_since = 0.0
         self.requests = 0
+        self._names = NameMemo(_NAMES)
         self._new_parser()
         self._write: Callable[[bytes], None] = _unwritable
         self._waiter: Waiter[Response] | None = None
@@ -325,6 +328,7 @@ class UpstreamConnection:
 
     def _reset_head(self) -> None:
         self._headers: list[tuple[bytes, bytes]] = []
+        self._index = 0
         self._reason = b""
         self._cl: int | None = None
         self._chunked = False
@@ -342,7 +346,9 @@ class UpstreamConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._body is not None:
             return  # a chunked body's trailer: never part of the head already handed on
-        name, kind = _NAMES.lookup(name)
+        index = self._index
+        self._index = index + 1
+        name, kind = self._names.lookup(index, name)
         if kind == END_TO_END:
             self._headers.append((name, value))
         elif kind == _CL:
@@ -351,7 +357,7 @@ class UpstreamConnection:
             if value.strip().lower() != b"chunked":
                 raise ValueError("unsupported transfer-encoding in response")
             self._chunked = True
-        elif kind == _CONN:
+        elif kind == _CONN and value != b"keep-alive":  # nginx's, on every response
             self._conn_tokens.extend(t.strip().lower() for t in value.split(b","))
 
     def on_headers_complete(self) -> None:

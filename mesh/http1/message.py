@@ -13,7 +13,6 @@ from typing import Any, Final
 from mesh.http1.body import Body
 
 Headers = list[tuple[bytes, bytes]]
-CRLF: Final = b"\r\n"
 #: Called once a response is written or aborted: (request, response, body bytes sent, error).
 Completion = Callable[["Request", "Response | None", int, str], None]
 
@@ -209,17 +208,49 @@ class HeaderNames:
         return entry
 
 
-_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
+class NameMemo:
+    """One connection's header names of its previous message, in order.
+
+    Keep-alive peers send the same names in the same order on every message (browsers,
+    client libraries, and sidecars above all). One bytes comparison with the name at the
+    same position then replaces hashing the new name and a dict lookup in `HeaderNames`.
+    """
+
+    def __init__(self, names: HeaderNames) -> None:
+        self._names = names
+        self._raw: list[bytes] = []
+        self._entries: list[tuple[bytes, int]] = []
+
+    def lookup(self, index: int, raw: bytes) -> tuple[bytes, int]:
+        """`HeaderNames.lookup` for the `index`-th header (from 0) of a message."""
+        known = self._raw
+        if index < len(known):
+            if known[index] == raw:
+                return self._entries[index]
+            entry = self._names.lookup(raw)
+            known[index] = raw
+            self._entries[index] = entry
+            return entry
+        entry = self._names.lookup(raw)
+        if index == len(known) and index < 64:
+            known.append(raw)
+            self._entries.append(entry)
+        return entry
+
+
+#: Per status code: the last reason phrase seen with it and the line made of both.
+_STATUS_LINES: Final[dict[int, tuple[bytes, bytes]]] = {}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
-    """`HTTP/1.1 <status> <reason>\\r\\n`, formatted once per distinct pair (bounded)."""
-    key = (status, reason)
-    line = _STATUS_LINES.get(key)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % key
-        if len(_STATUS_LINES) < 1024:
-            _STATUS_LINES[key] = line
+    """`HTTP/1.1 <status> <reason>`, the first piece of a head (see `append_headers`),
+    formatted once per status code while its reason phrase stays the same."""
+    known = _STATUS_LINES.get(status)
+    if known is not None and known[0] == reason:
+        return known[1]
+    line = b"HTTP/1.1 %d %s" % (status, reason)
+    if known is not None or len(_STATUS_LINES) < 1024:
+        _STATUS_LINES[status] = (reason, line)
     return line
 
 
@@ -227,10 +258,39 @@ def bodyless_status(status: int) -> bool:
     return status < 200 or status == 204 or status == 304
 
 
+#: A head ends with the blank line after its last field.
+END_OF_HEAD: Final = b"\r\n\r\n"
+
+#: `\r\n<name>: ` per header name, made once (bounded).
+_FIELD_STARTS: Final[dict[bytes, bytes]] = {}
+
+#: `\r\ncontent-length: <n>` per length, formatted once (bounded).
+_LENGTH_FIELDS: Final[dict[int, bytes]] = {}
+
+
 def append_headers(parts: list[bytes], headers: Headers) -> None:
-    """Add header lines to `parts`, to be joined once with the rest of the head."""
+    """Add header fields to `parts`, to be joined once with the rest of the head.
+
+    A head is joined from its first line (without CRLF), then each field as two pieces,
+    `\r\n<name>: ` and the value, then END_OF_HEAD. The join costs per piece, and with
+    the CRLF leading each field's start, a field is two pieces instead of four.
+    """
+    starts = _FIELD_STARTS
     for name, value in headers:
-        parts.append(name)
-        parts.append(b": ")
+        start = starts.get(name)
+        if start is None:
+            start = b"\r\n" + name + b": "
+            if len(starts) < 4096:
+                starts[name] = start
+        parts.append(start)
         parts.append(value)
-        parts.append(b"\r\n")
+
+
+def content_length_field(length: int) -> bytes:
+    """The `content-length` field in `append_headers`'s form."""
+    field = _LENGTH_FIELDS.get(length)
+    if field is None:
+        field = b"\r\ncontent-length: %d" % length
+        if len(_LENGTH_FIELDS) < 4096:
+            _LENGTH_FIELDS[length] = field
+    return field

@@ -41,6 +41,9 @@ class EndpointPool:
         self.port = port
         self.label = f"{host}:{port}"
         self.policy = policy
+        #: Read on every release: copied out of the (interpreted) policy dataclass.
+        self._max_idle = policy.max_idle
+        self._idle_timeout = policy.idle_timeout
         self.connect_timeout = connect_timeout
         #: The current client TLS context (it rotates), or None for plaintext.
         self.tls = tls
@@ -201,11 +204,11 @@ class EndpointPool:
         return protocol
 
     def release(self, conn: UpstreamConnection) -> None:
-        if self.closed or len(self._idle) >= self.policy.max_idle:
+        if self.closed or len(self._idle) >= self._max_idle:
             conn.abort()
             return
         idle = self._idle
-        if idle and conn.idle_since - idle[0].idle_since > self.policy.idle_timeout:
+        if idle and conn.idle_since - idle[0].idle_since > self._idle_timeout:
             idle.pop(0).abort()
         idle.append(conn)
 

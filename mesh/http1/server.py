@@ -20,12 +20,15 @@ import httptools
 from mesh.errors import BadRequest, HeadersTooLarge, MeshError, RequestTimeout
 from mesh.http1.body import Body
 from mesh.http1.message import (
+    END_OF_HEAD,
     END_TO_END,
     HeaderNames,
+    NameMemo,
     Request,
     Response,
     append_headers,
     bodyless_status,
+    content_length_field,
     status_line,
 )
 from mesh.http1.parse import check_transfer_encoding, split_target, valid_authority
@@ -75,6 +78,7 @@ _SPECIAL: Final[dict[bytes, int]] = {
     b"expect": _EXPECT,
 }
 _NAMES: Final = HeaderNames(_SPECIAL, reject=_UNDERSCORE)
+_HASH_SIGN: Final = 35  # ord("#")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 #: Set as the stop error once a WebSocket handshake is read: what follows is not HTTP.
@@ -171,6 +175,11 @@ class ServerConnection:
         self.handler = handler
         self.tracker = tracker
         self.limits = tracker.limits
+        #: Read per header: copied out of the policy (an interpreted dataclass, where each
+        #: attribute read is a lookup by name).
+        self._max_headers = self.limits.max_headers
+        self._max_header_bytes = self.limits.max_header_bytes
+        self._names = NameMemo(_NAMES)
         self.scheme = scheme
         self.loop = asyncio.get_event_loop()
         #: The loop's clock, bound once: a method lookup per call adds up on the hot path.
@@ -429,18 +438,19 @@ class ServerConnection:
 
     def on_url(self, url: bytes) -> None:
         self._url = self._url + url if self._url else url
-        if len(self._url) > self.limits.max_header_bytes:
+        if len(self._url) > self._max_header_bytes:
             raise _Stop(HeadersTooLarge("request target too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count += 1
-        if self._count > self.limits.max_headers:
-            raise _Stop(HeadersTooLarge(f"more than {self.limits.max_headers} headers"))
+        index = self._count
+        self._count = index + 1
+        if index >= self._max_headers:
+            raise _Stop(HeadersTooLarge(f"more than {self._max_headers} headers"))
         # The chunk-level count in data_received catches a head still arriving; this one is
         # exact for a head that arrived whole.
         self._size += len(name) + len(value) + 4
-        if self._size + len(self._url) > self.limits.max_header_bytes:
-            raise _Stop(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+        if self._size + len(self._url) > self._max_header_bytes:
+            raise _Stop(HeadersTooLarge(f"request head over {self._max_header_bytes} bytes"))
         if value and (value[-1] == 32 or value[-1] == 9):
             # llhttp strips the whitespace before a value but not after it; it is not part
             # of the value (RFC 9112 §5), so it is neither checked nor forwarded.
@@ -449,7 +459,7 @@ class ServerConnection:
             # A chunked body's trailer section: counted against the limits above, never
             # forwarded (the head is already built; a trailer must not become a header).
             return
-        name, kind = _NAMES.lookup(name)
+        name, kind = self._names.lookup(index, name)
         if kind == END_TO_END:
             self._headers.append((name, value))
         elif kind == _UNDERSCORE:
@@ -517,7 +527,9 @@ class ServerConnection:
             raise BadRequest(f"HTTP/{self._version()} is not supported")
         method = self._method()
         url = self._url
-        if url[:1] == b"/" and b"#" not in url and method != b"CONNECT":
+        # An int operand: `b"#" in url` first tries b"#" as an int, and the TypeError it
+        # raises and clears costs more than the rest of this check.
+        if url[:1] == b"/" and _HASH_SIGN not in url and method != b"CONNECT":
             scheme, target, authority = b"http", url, None
         else:
             scheme, target, authority = split_target(method, url)
@@ -754,20 +766,20 @@ class ServerConnection:
         append_headers(lines, response.headers)
         if length is not None:
             if status != 204 and status >= 200:
-                lines.append(b"content-length: %d\r\n" % length)
+                lines.append(content_length_field(length))
         elif not head_only and body is not None:
             if request is None or request.version == b"1.1":
-                lines.append(b"transfer-encoding: chunked\r\n")
+                lines.append(b"\r\ntransfer-encoding: chunked")
             else:
                 keep_alive = False  # close-delimited for an HTTP/1.0 client
                 self._close_after = True
         elif not head_only:
-            lines.append(b"content-length: 0\r\n")
+            lines.append(b"\r\ncontent-length: 0")
         if not keep_alive:
-            lines.append(b"connection: close\r\n")
+            lines.append(b"\r\nconnection: close")
         elif request is not None and request.version == b"1.0":
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
+            lines.append(b"\r\nconnection: keep-alive")
+        lines.append(END_OF_HEAD)
         if head_only or body is None:
             if body is not None and not body.at_eof:
                 body.abandon()

@@ -25,7 +25,14 @@ import httptools
 
 from mesh.errors import MeshError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from mesh.http1.client import request_head
-from mesh.http1.message import HOP_BY_HOP, Headers, Request, Response, append_headers
+from mesh.http1.message import (
+    END_OF_HEAD,
+    HOP_BY_HOP,
+    Headers,
+    Request,
+    Response,
+    append_headers,
+)
 from mesh.inline import Waiter
 from mesh.tunnel.pipe import Finished, Side, Tunnel
 
@@ -218,9 +225,9 @@ def splice(
     """
     upstream = upgrade.upstream
     assert upstream is not None
-    lines = [b"HTTP/1.1 101 ", response.reason, b"\r\n"]
+    lines = [b"HTTP/1.1 101 ", response.reason]
     append_headers(lines, response.headers)
-    lines.append(b"connection: upgrade\r\nupgrade: " + upgrade.protocol + b"\r\n\r\n")
+    lines.append(b"\r\nconnection: upgrade\r\nupgrade: " + upgrade.protocol + END_OF_HEAD)
     transport.write(b"".join(lines))
     client = Side()
     transport.set_protocol(client)

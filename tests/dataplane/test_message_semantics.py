@@ -288,6 +288,31 @@ def test_hop_by_hop_response_headers_are_not_forwarded(mesh: MeshPair) -> None:
     assert (again.status, again.get("x-echo-target")) == (200, "/still-open")
 
 
+def test_each_header_is_treated_by_its_name_when_a_peer_reorders_them(mesh: MeshPair) -> None:
+    # Each connection remembers the previous message's header names by position (peers
+    # repeat their order); here the second message of each connection swaps the roles of
+    # its first headers, in both directions.
+    def handler(req: RecordedRequest) -> Reply:
+        if req.target == "/first":
+            headers = [("X-Gone", "1"), ("Connection", "x-gone"), ("X-Kept", "a")]
+            return Reply(headers=headers, body=b"one")
+        headers = [("Connection", "x-kept"), ("X-Gone", "2"), ("X-Kept", "b")]
+        return Reply(headers=headers, body=b"two")
+
+    mesh.upstream.handler = handler
+    with HttpConnection(mesh.outbound_port, timeout=5) as conn:
+        conn.request("GET", "/first", [("X-Gone", "1"), ("Connection", "x-gone"), ("X-Kept", "a")])
+        first = conn.read_response()
+        conn.request("GET", "/second", [("Connection", "x-kept"), ("X-Gone", "2"), ("X-Kept", "b")])
+        second = conn.read_response()
+    one, two = mesh.upstream.requests
+    assert one.conn_id == two.conn_id
+    assert (one.header_all("x-gone"), one.header_all("x-kept")) == ([], ["a"])
+    assert (two.header_all("x-gone"), two.header_all("x-kept")) == (["2"], [])
+    assert (first.get("x-gone"), first.get("x-kept"), first.body) == (None, "a", b"one")
+    assert (second.get("x-gone"), second.get("x-kept"), second.body) == ("2", None, b"two")
+
+
 # -- forwarding headers (row 28) and request ids -----------------------------------------------
 
 
