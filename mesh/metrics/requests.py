@@ -15,19 +15,16 @@ an `error_reason`); either way each request counts once.
 from __future__ import annotations
 
 import asyncio
-import bisect
 from typing import Final
 
 from mesh.errors import MeshError
 from mesh.grpc.outcome import count_failure, count_status
 from mesh.http1.message import Request, Response
-from mesh.metrics.histogram import Histogram
+from mesh.metrics.histogram import Histogram, bucket_index
 from mesh.respond import INTERNAL_REASON
 from mesh.stack import Handler
 
 #: Index = status // 100 (statuses have three digits); "other" collects 0xx and 6xx-9xx.
-#: Bound to a Final: compiled code reads it from a C static, not the module's dict.
-_bisect_left: Final = bisect.bisect_left
 STATUS_CLASSES: Final = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 _SLOTS: Final = 10
 
@@ -99,7 +96,7 @@ class ObserveRequests(Handler):
         seconds = self._time() - request.received_at
         stats.by_class[response.status // 100 % _SLOTS] += 1
         histogram = stats.duration
-        histogram.counts[_bisect_left(histogram.bounds, seconds)] += 1
+        histogram.counts[bucket_index(histogram.bounds, seconds)] += 1
         histogram.sum += seconds
         if response.error_reason:
             stats.local[response.error_reason] = stats.local.get(response.error_reason, 0) + 1
