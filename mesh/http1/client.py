@@ -357,7 +357,7 @@ class UpstreamConnection:
             if value.strip().lower() != b"chunked":
                 raise ValueError("unsupported transfer-encoding in response")
             self._chunked = True
-        elif kind == _CONN and value != b"keep-alive":  # nginx's, on every response
+        elif kind == _CONN and value != b"keep-alive":  # the common value lists no header
             self._conn_tokens.extend(t.strip().lower() for t in value.split(b","))
 
     def on_headers_complete(self) -> None:

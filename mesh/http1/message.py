@@ -272,7 +272,7 @@ def append_headers(parts: list[bytes], headers: Headers) -> None:
     """Add header fields to `parts`, to be joined once with the rest of the head.
 
     A head is joined from its first line (without CRLF), then each field as two pieces,
-    `\r\n<name>: ` and the value, then END_OF_HEAD. The join costs per piece, and with
+    `\\r\\n<name>: ` and the value, then END_OF_HEAD. The join costs per piece, and with
     the CRLF leading each field's start, a field is two pieces instead of four.
     """
     starts = _FIELD_STARTS

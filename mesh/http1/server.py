@@ -175,8 +175,8 @@ class ServerConnection:
         self.handler = handler
         self.tracker = tracker
         self.limits = tracker.limits
-        #: Read per header: copied out of the policy (an interpreted dataclass, where each
-        #: attribute read is a lookup by name).
+        #: Read per chunk and per header: copied out of the policy (an interpreted
+        #: dataclass, where each attribute read is a lookup by name).
         self._max_headers = self.limits.max_headers
         self._max_header_bytes = self.limits.max_header_bytes
         self._names = NameMemo(_NAMES)
@@ -379,8 +379,8 @@ class ServerConnection:
                 self._fail(BadRequest(f"malformed request: {exc}"))
                 return
             break
-        if self._phase == HEAD and self._head_bytes > self.limits.max_header_bytes:
-            self._fail(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+        if self._phase == HEAD and self._head_bytes > self._max_header_bytes:
+            self._fail(HeadersTooLarge(f"request head over {self._max_header_bytes} bytes"))
         elif self._queue:
             # Dispatch after the whole chunk is parsed, so a small body is complete by then.
             self._dispatch()
