@@ -264,9 +264,6 @@ END_OF_HEAD: Final = b"\r\n\r\n"
 #: `\r\n<name>: ` per header name, made once (bounded).
 _FIELD_STARTS: Final[dict[bytes, bytes]] = {}
 
-#: `\r\ncontent-length: <n>` per length, formatted once (bounded).
-_LENGTH_FIELDS: Final[dict[int, bytes]] = {}
-
 
 def append_headers(parts: list[bytes], headers: Headers) -> None:
     """Add header fields to `parts`, to be joined once with the rest of the head.
@@ -286,11 +283,27 @@ def append_headers(parts: list[bytes], headers: Headers) -> None:
         parts.append(value)
 
 
+class FormattedInts:
+    """`fmt % n` for ints, each formatted once (up to 4096 of them): a message field that
+    carries a number repeats the same few values."""
+
+    def __init__(self, fmt: bytes) -> None:
+        self._fmt = fmt
+        self._known: dict[int, bytes] = {}
+
+    def get(self, n: int) -> bytes:
+        text = self._known.get(n)
+        if text is None:
+            text = self._fmt % n
+            if len(self._known) < 4096:
+                self._known[n] = text
+        return text
+
+
+#: The `content-length` field in `append_headers`'s form.
+_LENGTH_FIELDS: Final = FormattedInts(b"\r\ncontent-length: %d")
+
+
 def content_length_field(length: int) -> bytes:
     """The `content-length` field in `append_headers`'s form."""
-    field = _LENGTH_FIELDS.get(length)
-    if field is None:
-        field = b"\r\ncontent-length: %d" % length
-        if len(_LENGTH_FIELDS) < 4096:
-            _LENGTH_FIELDS[length] = field
-    return field
+    return _LENGTH_FIELDS.get(length)

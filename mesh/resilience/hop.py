@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from mesh.http1.message import Headers
+from mesh.http1.message import FormattedInts, Headers
 
 ATTEMPT_HEADER: Final = b"x-mesh-attempt"
 DEADLINE_HEADER: Final = b"x-mesh-deadline-ms"
@@ -41,9 +41,9 @@ ALL: Final = 2
 #: Bounds on what a header may claim (a day of deadline, a hundred attempts).
 _MAX_ATTEMPT: Final = 100
 _MAX_DEADLINE_MS: Final = 86_400_000
+#: Deadline header values: requests under one policy repeat the same few.
+_MS_TEXT: Final = FormattedInts(b"%d")
 #: The header for small attempt numbers, made once (no allocation per request).
-#: Deadline header values already formatted (bounded).
-_MS_TEXT: Final[dict[int, bytes]] = {}
 _ATTEMPT_PAIRS: Final = [(ATTEMPT_HEADER, b"%d" % n) for n in range(16)]
 
 
@@ -90,16 +90,6 @@ def allowance(caller: CallerHop | None, defer_to_caller: bool) -> int:
     return NEVER_SENT_ONLY if defer_to_caller else ALL
 
 
-def _ms_bytes(ms: int) -> bytes:
-    """`b"%d" % ms`, remembered: requests under one policy repeat the same few values."""
-    text = _MS_TEXT.get(ms)
-    if text is None:
-        text = b"%d" % ms
-        if len(_MS_TEXT) < 4096:
-            _MS_TEXT[ms] = text
-    return text
-
-
 def stamp(headers: Headers, attempt: int, deadline_ms: int | None, fresh: bool) -> None:
     """Write this hop's headers for one attempt, in place.
 
@@ -111,7 +101,7 @@ def stamp(headers: Headers, attempt: int, deadline_ms: int | None, fresh: bool) 
             _ATTEMPT_PAIRS[attempt] if attempt < 16 else (ATTEMPT_HEADER, b"%d" % attempt)
         )
         if deadline_ms is not None:
-            headers.append((DEADLINE_HEADER, _ms_bytes(deadline_ms if deadline_ms > 0 else 0)))
+            headers.append((DEADLINE_HEADER, _MS_TEXT.get(deadline_ms if deadline_ms > 0 else 0)))
         return
     headers[:] = [(n, v) for n, v in headers if n != ATTEMPT_HEADER and n != DEADLINE_HEADER]
     stamp(headers, attempt, deadline_ms, True)

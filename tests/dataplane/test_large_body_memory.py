@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.dataplane.conftest import MeshPair, start_pair
-from tests.support.processes import Sidecars
+from tests.support.processes import Sidecars, peak_rss_kib
 from tests.support.rawclient import HttpConnection
 from tests.support.upstream import RecordingUpstream, Reply
 
@@ -39,14 +39,6 @@ def blocks(total: int) -> Iterator[bytes]:
     base = [bytes(range(256)) * 4 + rng.randbytes(MiB - 1024) for _ in range(7)]
     for i in range(total // MiB):
         yield i.to_bytes(8, "big") + base[i % 7][8:]
-
-
-def peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc status")
 
 
 def check_memory(mesh: MeshPair) -> None:

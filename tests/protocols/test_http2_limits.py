@@ -27,7 +27,7 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
-from tests.support.processes import MeshProcess, Sidecars, free_port, write_yaml
+from tests.support.processes import MeshProcess, Sidecars, free_port, peak_rss_kib, write_yaml
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply, echo_sha256
 
 pytestmark = pytest.mark.timeout(60)
@@ -164,14 +164,6 @@ def still_serves(sidecar: MeshProcess) -> None:
         assert b"200" in frame.data or frame.data  # a response head arrived
 
 
-def peak_rss_kib(proc: MeshProcess) -> int:
-    with open(f"/proc/{proc.proc.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 MALFORMED = {
     "uppercase name": request(**{"X-Upper": "1"}),
     "transfer-encoding": request(**{"transfer-encoding": "chunked"}),
@@ -258,7 +250,7 @@ def test_continuation_flood_closes_with_bounded_memory(sidecar: MeshProcess) -> 
             if not client.send(frame):
                 break
         client.goaway_or_close()
-    assert peak_rss_kib(sidecar) < RSS_LIMIT_KIB
+    assert peak_rss_kib(sidecar.proc.pid) < RSS_LIMIT_KIB
     still_serves(sidecar)
 
 
@@ -287,7 +279,7 @@ def test_frame_flood_gets_goaway(kind: str, sidecar: MeshProcess) -> None:
         goaway = client.goaway_or_close()
     if goaway is not None:
         assert goaway.error_code == ENHANCE_YOUR_CALM
-    assert peak_rss_kib(sidecar) < RSS_LIMIT_KIB
+    assert peak_rss_kib(sidecar.proc.pid) < RSS_LIMIT_KIB
     still_serves(sidecar)
 
 

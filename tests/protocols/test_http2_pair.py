@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.certs import Pki, client_context, spiffe_id
 from tests.support.h2peer import H2App, H2Peer, pattern
-from tests.support.processes import MeshProcess, Sidecars, free_port, write_yaml
+from tests.support.processes import MeshProcess, Sidecars, free_port, peak_rss_kib, write_yaml
 from tests.support.upstream import RecordingUpstream
 
 pytestmark = pytest.mark.timeout(90)
@@ -155,14 +155,6 @@ def test_the_mtls_listener_negotiates_h2_by_alpn(pair: Pair, pki: Pki) -> None:
     assert line["status"] == 200
 
 
-def peak_rss_kib(proc: MeshProcess) -> int:
-    with open(f"/proc/{proc.proc.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_large_bodies_stream_both_ways_in_bounded_memory(pair: Pair) -> None:
     size = 32 * 1024 * 1024
     expected = hashlib.sha256()
@@ -178,7 +170,7 @@ def test_large_bodies_stream_both_ways_in_bounded_memory(pair: Pair) -> None:
     assert (down.status, down.size, down.digest) == (200, size, expected.hexdigest())
     assert down.trailers["x-sha256"] == expected.hexdigest()
     for proc in (pair.client, pair.api):
-        peak = peak_rss_kib(proc)
+        peak = peak_rss_kib(proc.proc.pid)
         assert peak < RSS_LIMIT_KIB, f"{proc.name} peaked at {peak // 1024} MiB"
 
 
