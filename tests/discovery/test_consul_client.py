@@ -79,11 +79,19 @@ async def test_blocking_health_connect_wakes_on_new_sidecar(client: AsyncConsul)
     assert isinstance(index, int) and index >= 1
     assert instances == []
 
-    # With nothing changing, a blocking query holds for its wait and keeps the index.
-    started = time.monotonic()
-    same, _ = await client.health_connect(service, index=index, wait=0.5)
-    assert time.monotonic() - started >= 0.45
-    assert same == index
+    # With nothing changing, a blocking query holds for its wait and keeps the index. For a
+    # service with no sidecar yet, Consul wakes the query on any sidecar's registration, and
+    # other tests register theirs on the shared agent; a real watch then asks again, and so
+    # does this one, a few times at most. Each answer is still the empty one.
+    for _ in range(5):
+        started = time.monotonic()
+        same, unchanged = await client.health_connect(service, index=index, wait=0.5)
+        assert unchanged == [] and same >= index
+        if time.monotonic() - started >= 0.45 and same == index:
+            break
+        index = same
+    else:
+        raise AssertionError("no blocking query held for its wait in five tries")
 
     result: list[tuple[int, list[dict[str, Any]]]] = []
 
