@@ -24,7 +24,7 @@ import pytest
 
 from mesh.tracing.spanfile import read_spans
 from tests.support.certs import Pki
-from tests.support.h2peer import H2Peer
+from tests.support.h2peer import H2Peer, H2Response
 from tests.support.processes import (
     MeshProcess,
     Sidecars,
@@ -219,19 +219,25 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-GRPC_HEADERS = [("content-type", "application/grpc"), ("te", "trailers")]
+def raw_call(mesh: Mesh, method: str, grpc_timeout: str) -> H2Response:
+    """One unary call from a bare HTTP/2 client: no gRPC library to give up on its own."""
+    with H2Peer(mesh.port) as peer:
+        return peer.request(
+            "POST",
+            f"/{SERVICE}/{method}",
+            [
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("grpc-timeout", grpc_timeout),
+            ],
+            body=grpc_frame(b"x"),
+        )
 
 
 def test_the_sidecar_ends_a_call_at_its_grpc_timeout(mesh: Mesh) -> None:
     """A raw HTTP/2 client that never gives up: the caller's sidecar answers for it."""
     started = time.monotonic()
-    with H2Peer(mesh.port) as peer:
-        answer = peer.request(
-            "POST",
-            f"/{SERVICE}/Slow",
-            [*GRPC_HEADERS, ("grpc-timeout", "300m")],
-            body=grpc_frame(b"x"),
-        )
+    answer = raw_call(mesh, "Slow", grpc_timeout="300m")
     elapsed = time.monotonic() - started
     assert answer.status == 200
     status = {**answer.headers, **answer.trailers}
@@ -244,13 +250,7 @@ def test_the_sidecar_ends_a_call_at_its_grpc_timeout(mesh: Mesh) -> None:
 
 
 def test_a_malformed_grpc_timeout_is_internal(mesh: Mesh) -> None:
-    with H2Peer(mesh.port) as peer:
-        answer = peer.request(
-            "POST",
-            f"/{SERVICE}/Hello",
-            [*GRPC_HEADERS, ("grpc-timeout", "soon")],
-            body=grpc_frame(b"x"),
-        )
+    answer = raw_call(mesh, "Hello", grpc_timeout="soon")
     assert answer.status == 200
     assert answer.headers["grpc-status"] == "13"  # INTERNAL
     assert answer.headers["x-mesh-error"] == "bad-request"
